@@ -1,0 +1,57 @@
+"""Options and helpers shared by the commands: one-line errors, prior loading, JSON output."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+
+import click
+import torch
+
+from diffcodec.checkpoint import load_prior
+from diffcodec.runtime import resolve_device
+
+prior_option = click.option(
+    "--prior",
+    "prior_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Prior file (.safetensors written by diffcodec). Default: the embedded Fashion-MNIST prior.",
+)
+device_option = click.option(
+    "--device", default="auto", show_default=True, help="auto, cpu or cuda[:N]. Figures in the README are CPU figures."
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the human summary.")
+
+
+def one_line_errors(fn):
+    """Turn expected failures (bad input, bad files) into a one-line 'Error: …' and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except click.ClickException:
+            raise
+        except (ValueError, OSError, EOFError) as err:
+            msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise click.ClickException(msg) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def open_prior(prior_path: str | None, device: str):
+    dev = resolve_device(device)
+    return load_prior(prior_path, dev), dev
+
+
+def emit_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=False))
+
+
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)

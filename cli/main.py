@@ -1,0 +1,23 @@
+"""The `diffcodec` command group."""
+
+from __future__ import annotations
+
+import click
+
+from .sample import info, sample
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="diffcodec")
+def main():
+    """diffcodec: likelihoods and compression with DDPM diffusion priors.
+
+    Every command uses the embedded Fashion-MNIST prior unless --prior names another.
+    """
+
+
+main.add_command(sample)
+main.add_command(info)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""`diffcodec sample` and `diffcodec info`."""
+
+from __future__ import annotations
+
+import click
+
+from diffcodec.images import image_grid, write_image
+from diffcodec.sampling import sample as draw_samples
+from diffcodec.schedule import Spacing
+
+from .common import device_option, emit_json, json_option, one_line_errors, open_prior, prior_option, seeded
+
+steps_option = click.option(
+    "--steps", type=int, default=None, help="Respace the chain to K steps (default: the prior's full schedule)."
+)
+spacing_option = click.option(
+    "--spacing",
+    type=click.Choice([s.value for s in Spacing]),
+    default=Spacing.EVEN.value,
+    show_default=True,
+    help="even: K evenly strided steps; front: every one of the first K/2 steps, the rest strided.",
+)
+
+
+@click.command()
+@prior_option
+@click.option("-n", "num", type=click.IntRange(min=1), default=16, show_default=True, help="Number of samples.")
+@click.option("-o", "--out", type=click.Path(dir_okay=False), required=True, help="Output PNG (a grid of samples).")
+@steps_option
+@spacing_option
+@click.option("--seed", type=int, default=0, show_default=True)
+@device_option
+@one_line_errors
+def sample(prior_path, num, out, steps, spacing, seed, device):
+    """Draw samples from a prior by ancestral sampling and save them as one PNG grid."""
+    prior, _ = open_prior(prior_path, device)
+    schedule = prior.schedule(steps, spacing)
+    images = draw_samples(prior, num, schedule, seeded(seed), progress=True)
+    write_image(out, image_grid(images.numpy()))
+    click.echo(f"wrote {num} samples ({schedule.num_steps} steps) to {out}")
+
+
+@click.command()
+@click.argument("prior_path", required=False, type=click.Path(dir_okay=False))
+@json_option
+@one_line_errors
+def info(prior_path, as_json):
+    """Show a prior's configuration, parameter count and digest (default: the embedded prior)."""
+    prior, _ = open_prior(prior_path, "cpu")
+    record = {
+        "digest": prior.digest,
+        "parameters": sum(p.numel() for p in prior.net.parameters()),
+        "image_shape": list(prior.image_shape),
+        "config": prior.config.to_dict(),
+        "info": prior.info,
+    }
+    if as_json:
+        emit_json(record)
+        return
+    cfg = prior.config
+    u = cfg.unet
+    click.echo(f"digest      {prior.digest}")
+    click.echo(f"image       {u.image_channels}x{u.image_size}x{u.image_size}")
+    click.echo(f"parameters  {record['parameters']:,}")
+    click.echo(f"schedule    {cfg.schedule.value}, T = {cfg.num_timesteps}")
+    click.echo(f"variance    {cfg.variance.value}   clip x0: {cfg.clip_x0}")
+    click.echo(
+        f"network     ch {u.base_channels}, mult {list(u.channel_mult)}, {u.num_res_blocks} res blocks, "
+        f"attention at {list(u.attention_resolutions)}, dropout {u.dropout}"
+    )
+    for key, value in prior.info.items():
+        click.echo(f"{key:<11} {value}")

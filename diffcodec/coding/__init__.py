@@ -1,0 +1,1 @@
+"""Entropy coders built on the diffusion prior."""

@@ -1,0 +1,38 @@
+"""Ancestral sampling from a prior (DDPM Algorithm 2) on any respaced schedule."""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from .diffusion import model_to_pixels
+from .prior import Prior
+from .schedule import Schedule
+
+
+@torch.no_grad()
+def sample(
+    prior: Prior,
+    num: int,
+    schedule: Schedule | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Draw ``num`` images: x_K ~ N(0, I), x_{k−1} = μ_θ + σ_k z for k = K..2, output μ_θ(x_1) rounded.
+
+    Returns [num, C, H, W] uint8 on the CPU.
+    """
+    if num < 1:
+        raise ValueError(f"number of samples must be >= 1, got {num}")
+    schedule = schedule if schedule is not None else prior.base_schedule
+    device = next(prior.parameters()).device
+    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    x = torch.randn((num, *prior.image_shape), generator=gen).to(device)
+    for j in tqdm(range(schedule.num_steps - 1, -1, -1), desc="sampling", disable=not progress, unit="step"):
+        rev = prior.reverse(x, torch.full((num,), j, device=device, dtype=torch.long), schedule)
+        if j == 0:
+            x = rev.mean
+        else:
+            z = torch.randn(x.shape, generator=gen).to(device)
+            x = rev.mean + torch.exp(0.5 * rev.log_variance) * z
+    return model_to_pixels(x).cpu()

@@ -1,0 +1,40 @@
+"""Shared fixtures: tiny priors (8×8, a few channels, T = 20) that build in milliseconds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffcodec.prior import Prior, PriorConfig, VarianceMode
+from diffcodec.unet import UNetConfig
+
+
+def make_tiny_prior(variance: str = "learned", channels: int = 1, size: int = 8, T: int = 20, seed: int = 0) -> Prior:
+    """A random tiny prior whose zero-initialised layers are perturbed, so every output is non-trivial."""
+    learned = VarianceMode(variance) is VarianceMode.LEARNED
+    unet = UNetConfig(
+        image_channels=channels,
+        image_size=size,
+        base_channels=8,
+        channel_mult=(1, 2),
+        num_res_blocks=1,
+        attention_resolutions=(size // 2,),
+        dropout=0.0,
+        learn_variance=learned,
+    )
+    prior = Prior(PriorConfig(unet=unet, num_timesteps=T, variance=variance))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in prior.net.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    return prior.eval()
+
+
+@pytest.fixture
+def tiny_prior() -> Prior:
+    return make_tiny_prior()
+
+
+def random_images(n: int, channels: int = 1, size: int = 8, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, channels, size, size), generator=gen, dtype=torch.uint8)
