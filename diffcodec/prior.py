@@ -158,6 +158,13 @@ class Prior(nn.Module):
         """p_θ(x_{k−1}|x_k) for x_t [N,C,H,W] at 0-based step indices k [N] of ``schedule``."""
         tab = self.tables(schedule, x_t.device)
         eps, v = self.network(x_t, tab["timesteps"][k])
+        return self.reverse_from_output(x_t, k, schedule, eps, v)
+
+    def reverse_from_output(
+        self, x_t: torch.Tensor, k: torch.Tensor, schedule: Schedule, eps: torch.Tensor, v: torch.Tensor | None
+    ) -> Reverse:
+        """:meth:`reverse` given network outputs (the trainer detaches ε here for the hybrid loss)."""
+        tab = self.tables(schedule, x_t.device)
         eps = eps.to(x_t.dtype)
         x0_hat = predict_x0(x_t, eps, tab.gather("alpha_bar", k, x_t))
         if self.config.clip_x0:

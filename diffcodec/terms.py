@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from .diffusion import as_pixels, discretized_gaussian_log_likelihood, normal_kl, pixels_to_model, prior_kl, q_sample
-from .prior import Prior, ScheduleTables
+from .prior import Prior, Reverse, ScheduleTables
 from .schedule import Schedule
 from .units import nats_to_bpd
 
@@ -53,11 +53,17 @@ class Terms:
 def pair_terms(prior: Prior, x0: torch.Tensor, k: torch.Tensor, noise: torch.Tensor, schedule: Schedule) -> PairTerms:
     """The term of step k+1 for each pair: x0 [N,C,H,W] float64 in [−1, 1], k [N] long (0-based), noise like x0.
 
-    One network call for all N pairs; no autograd is disabled here (the trainer needs gradients).
+    One network call for all N pairs. Autograd is left as the caller has it.
     """
     tab: ScheduleTables = prior.tables(schedule, x0.device)
     x_t = q_sample(x0, tab.gather("alpha_bar", k, x0), noise)
     rev = prior.reverse(x_t, k, schedule)
+    sq_err = ((rev.x0_hat - x0) * 127.5).pow(2).sum(tuple(range(1, x0.dim())))
+    return PairTerms(nats=step_nats_from_reverse(x0, x_t, k, rev, tab), x0_sq_err=sq_err)
+
+
+def step_nats_from_reverse(x0: torch.Tensor, x_t: torch.Tensor, k: torch.Tensor, rev: Reverse, tab: ScheduleTables) -> torch.Tensor:
+    """[N] nats: the decoder term −log p(x_0|x_1) where k = 0, else KL(q(x_k|x_{k+1}, x_0) ‖ p_θ) (0-based k)."""
     dims = tuple(range(1, x0.dim()))
 
     decoder = -discretized_gaussian_log_likelihood(x0, rev.mean, 0.5 * rev.log_variance).sum(dims)
@@ -66,9 +72,7 @@ def pair_terms(prior: Prior, x0: torch.Tensor, k: torch.Tensor, noise: torch.Ten
     q_logvar = tab.gather("log_posterior_var", k, x0)
     kl = normal_kl(q_mean, q_logvar.expand_as(x0), rev.mean, rev.log_variance).sum(dims)
 
-    nats = torch.where(k == 0, decoder, kl)
-    sq_err = ((rev.x0_hat - x0) * 127.5).pow(2).sum(dims)
-    return PairTerms(nats=nats, x0_sq_err=sq_err)
+    return torch.where(k == 0, decoder, kl)
 
 
 @torch.no_grad()
