@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from .nll import nll
 from .sample import info, sample
 
 
@@ -18,6 +19,7 @@ def main():
 
 main.add_command(sample)
 main.add_command(info)
+main.add_command(nll)
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,96 @@
+"""`diffcodec nll`: test-set bits/dim of a prior, with the per-step terms behind it."""
+
+from __future__ import annotations
+
+import math
+
+import click
+import numpy as np
+
+from diffcodec.data import load_images
+from diffcodec.defaults import CODEC_SPACING
+from diffcodec.likelihood import DEFAULT_BATCH, DEFAULT_PAIRS_PER_CALL, Estimator, Likelihood, evaluate_nll, plot_likelihood
+from diffcodec.schedule import Spacing
+
+from .common import device_option, emit_json, json_option, one_line_errors, open_prior, prior_option
+from .sample import steps_option
+
+TABLE_ROWS = 16
+
+
+@click.command()
+@prior_option
+@click.option("--data", "data_spec", required=True, help="fashion-mnist:test|train, a folder of PNGs, an image, or .npy/.npz.")
+@steps_option
+@click.option(
+    "--spacing",
+    type=click.Choice([s.value for s in Spacing]),
+    default=CODEC_SPACING.value,
+    show_default=True,
+    help="With --steps: even strides, or every one of the first K/2 steps and the rest strided.",
+)
+@click.option(
+    "--estimator",
+    type=click.Choice([e.value for e in Estimator]),
+    default=Estimator.EXACT.value,
+    show_default=True,
+    help="exact: every step; mc: stratified importance sampling of --samples steps per image.",
+)
+@click.option("--samples", type=int, default=16, show_default=True, help="Steps sampled per image by --estimator mc.")
+@click.option("--limit", type=int, default=None, help="Evaluate only the first N images.")
+@click.option("--batch", type=int, default=DEFAULT_BATCH, show_default=True, help="Images per batch.")
+@click.option("--pairs", type=int, default=DEFAULT_PAIRS_PER_CALL, show_default=True, help="(image, step) pairs per network call.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@device_option
+@json_option
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write terms per step and the rate–distortion curve (PNG).")
+@one_line_errors
+def nll(prior_path, data_spec, steps, spacing, estimator, samples, limit, batch, pairs, seed, device, as_json, plot):
+    """Bits/dim of the variational bound on a data set, per step (DDPM Table 4) and in total."""
+    prior, _ = open_prior(prior_path, device)
+    data = load_images(data_spec).subset(limit)
+    schedule = prior.schedule(steps, spacing)
+    result = evaluate_nll(
+        prior, data.images, schedule, estimator=estimator, samples=samples, batch=batch, pairs_per_call=pairs,
+        seed=seed, progress=True,
+    )
+    if plot:
+        plot_likelihood(result, plot)
+    if as_json:
+        emit_json({"data": data_spec, "spacing": spacing if schedule.num_steps < schedule.T else None, **result.to_dict()})
+        return
+    print_summary(result, data_spec, schedule.T)
+    if plot:
+        click.echo(f"wrote {plot}")
+
+
+def print_summary(r: Likelihood, data_spec: str, T: int) -> None:
+    lo, hi = r.total_bpd_ci95
+    spread = "" if math.isnan(r.total_bpd_stderr) else f" ± {r.total_bpd_stderr:.4f} (95% CI {lo:.4f}–{hi:.4f})"
+    how = "exact sum over steps" if r.estimator is Estimator.EXACT else f"Monte Carlo, {r.samples} steps/image"
+    click.echo(f"prior     {r.prior_digest or '(unsaved)'}")
+    click.echo(f"data      {data_spec}: {r.num_images} images, {r.num_steps} of T = {T} steps, {how}")
+    click.echo(f"total     {r.total_bpd:.4f} bits/dim{spread}")
+    if r.estimator is Estimator.MC and not math.isnan(r.mc_stderr_bpd):
+        click.echo(f"          of which step sampling ± {r.mc_stderr_bpd:.4f} (conservative)")
+    click.echo(f"  L_T     {r.prior_bpd:.6f}")
+    click.echo(f"  Σ L_t-1 {r.kl_bpd:.4f}   (t ≥ 2)")
+    click.echo(f"  L_0     {r.decoder_bpd:.4f}   (decoder)")
+    click.echo(f"time      {r.seconds:.1f} s, {r.images_per_second:.2f} images/s")
+    rows = table_rows(r.num_steps)
+    click.echo("")
+    click.echo(f"{'t':>6} {'term bpd':>11} {'rate bpd':>11} {'RMSE':>8}")
+    rate = r.cum_rate_bpd
+    for k in rows:
+        rmse = "" if np.isnan(r.rmse[k]) else f"{r.rmse[k]:.3f}"
+        click.echo(f"{int(r.timesteps[k]):>6} {r.term_bpd[k]:>11.6f} {rate[k]:>11.6f} {rmse:>8}")
+    if len(rows) < r.num_steps:
+        click.echo(f"({len(rows)} of {r.num_steps} steps shown; --json lists every step)")
+
+
+def table_rows(K: int) -> list[int]:
+    """Step indices to print, noisiest first: all when few, else geometric in t (bits sit at small t)."""
+    if K <= TABLE_ROWS:
+        return list(range(K - 1, -1, -1))
+    picks = np.unique(np.round(np.geomspace(1, K, TABLE_ROWS)).astype(int) - 1)
+    return sorted(picks.tolist(), reverse=True)
