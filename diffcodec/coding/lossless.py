@@ -51,7 +51,7 @@ from .ans import WORD_BITS, Stack
 from .bitsback import LatentGrid, decode_batch, encode_batch
 from .container import Header, pack, unpack
 
-DEFAULT_GRID = 3.0
+DEFAULT_GRID = 2.0  # measured on the Gaussian oracle (T = 1000, 100 steps): G = 2, 3, 4 → +0.08, +0.09, +0.11 %
 DEFAULT_MAX_BATCH = 64
 BATCH_GROWTH = 0.5  # a new batch holds at most this fraction of the tiles coded before it
 _SPACINGS = [Spacing.EVEN, Spacing.FRONT]
@@ -145,7 +145,7 @@ class _Network:
 
     def __init__(self, prior: Prior, schedule, bar):
         self.prior, self.schedule, self.bar = prior, schedule, bar
-        self.device = next(prior.parameters()).device
+        self.device = next(prior.parameters(), torch.empty(0)).device
         self.seconds = 0.0
 
     @torch.no_grad()
