@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from .codec import compress_cmd, decompress_cmd
 from .nll import nll
 from .sample import info, sample
 
@@ -20,6 +21,8 @@ def main():
 main.add_command(sample)
 main.add_command(info)
 main.add_command(nll)
+main.add_command(compress_cmd)
+main.add_command(decompress_cmd)
 
 if __name__ == "__main__":
     main()

@@ -179,6 +179,8 @@ def compress(prior: Prior, images, names: list[str], params: CodecParams = Codec
     images = _check_images(prior, images)
     if prior.digest is None:
         raise ValueError("the prior has no digest (load it with diffcodec.checkpoint.load_prior)")
+    if len(names) != len(images) or len(set(names)) != len(names):
+        raise ValueError("every image needs its own name (two inputs share a file name?)")
     params = params.resolved(prior)
     schedule = prior.schedule(params.steps, params.spacing)
     grid = LatentGrid.build(schedule, params.grid)
