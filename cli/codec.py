@@ -104,6 +104,8 @@ def compress_cmd(inputs, out, prior_path, steps, spacing, grid, threads, max_bat
 @one_line_errors
 def decompress_cmd(file, out, npy, prior_path, device, as_json):
     """Decompress a file written by `diffcodec compress` (bit-exact, or an error and nothing written)."""
+    if not Path(file).is_file():
+        raise ValueError(f"{file}: no such file")
     blob = Path(file).read_bytes()
     prior, _ = open_prior(prior_path, device)
     images, names, stats = decompress(prior, blob, progress=True)
