@@ -7,6 +7,7 @@ import click
 from .codec import compress_cmd, decompress_cmd
 from .nll import nll
 from .sample import info, sample
+from .train import train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -23,6 +24,7 @@ main.add_command(info)
 main.add_command(nll)
 main.add_command(compress_cmd)
 main.add_command(decompress_cmd)
+main.add_command(train)
 
 if __name__ == "__main__":
     main()

@@ -148,7 +148,10 @@ class Prior(nn.Module):
 
     def network(self, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(ε, v) in float32; v is None unless the variance is learned."""
-        out = self.net(x_t.float(), t.float())
+        return self.split_output(self.net(x_t.float(), t.float()))
+
+    def split_output(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A raw network output [N, C or 2C, H, W] → (ε, v or None)."""
         c = self.image_shape[0]
         if self.config.variance is VarianceMode.LEARNED:
             return out[:, :c], out[:, c:]
