@@ -251,23 +251,13 @@ def _collapsed_strata_var(contrib: torch.Tensor) -> torch.Tensor:
 
 @contextlib.contextmanager
 def _inference(prior: Prior):
-    """No autograd, eval mode, channels-last weights for the duration; the prior is restored after.
-
-    Channels-last changes only the memory layout (values are identical), and oneDNN's convolutions are
-    faster in it on CPU; the layout is put back so other users (the codecs) see the prior unchanged.
-    """
+    """Eval mode and no autograd for the duration; the prior's train/eval flag is restored after."""
     was_training = prior.training
     prior.eval()
-    weights = [p for p in prior.parameters() if p.dim() == 4]
-    relayout = bool(weights) and weights[0].device.type == "cpu" and all(p.is_contiguous() for p in weights)
     try:
-        if relayout:
-            prior.net.to(memory_format=torch.channels_last)
         with torch.inference_mode():
             yield
     finally:
-        if relayout:
-            prior.net.to(memory_format=torch.contiguous_format)
         prior.train(was_training)
 
 
