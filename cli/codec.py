@@ -72,6 +72,7 @@ def compress_cmd(inputs, out, prior_path, steps, spacing, grid, threads, max_bat
         "payload_bits_per_dim": stats.payload_bits / dims,
         "header_bits": stats.header_bits,
         "initial_bits": stats.initial_bits,
+        "bootstrap_bits": stats.bootstrap_bits,
         "encode_seconds": stats.seconds,
         "coder_share": stats.coder_share,
         "prior_digest": prior.digest,
@@ -87,7 +88,8 @@ def compress_cmd(inputs, out, prior_path, steps, spacing, grid, threads, max_bat
         return
     click.echo(f"wrote {out}: {stats.num_images} images, {len(blob):,} bytes, {record['bits_per_dim']:.4f} bits/dim")
     click.echo(f"  payload {record['payload_bits_per_dim']:.4f} bits/dim, header {stats.header_bits} bits, "
-               f"initial bits {stats.initial_bits} ({steps} steps, {spacing}, G = {grid:g})")
+               f"initial bits {stats.initial_bits}, first tile by a classic codec {stats.bootstrap_bits} bits "
+               f"({steps} steps, {spacing}, G = {grid:g})")
     if not no_vlb:
         click.echo(f"  VLB {record['vlb_bits_per_dim']:.4f} ± {record['vlb_stderr']:.4f} bits/dim "
                    f"→ overhead {record['overhead_percent']:+.2f} %")

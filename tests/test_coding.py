@@ -145,6 +145,18 @@ def test_twenty_image_stream_round_trips(tiny_prior, tmp_path):
     assert 0.0 <= dst.coder_share <= 1.0
 
 
+def test_single_tile_costs_its_bootstrap_file_plus_header(tiny_prior):
+    """One tile is not chain-coded at all: the seed *is* its classic (WebP/PNG) file, so a single small
+    image costs the classic size rounded up to words, one seal word and the header."""
+    image = random_images(1, seed=8).numpy()
+    tiny_prior.digest = "33" * 32
+    blob, st = compress(tiny_prior, image, ["one.png"], CodecParams(steps=4, threads=1))
+    codec, boot = lossless.bootstrap(image[0])
+    assert st.bootstrap_bits == 8 * len(boot)
+    assert st.payload_bits == 32 * (-(-len(boot) // 4) + 1) and st.initial_bits == 32
+    assert np.array_equal(decompress(tiny_prior, blob)[0], image)
+
+
 def test_batches_grow_from_one_and_cover_everything():
     assert batch_sizes(20, 4) == [1, 1, 1, 1, 2, 3, 4, 4, 3]
     for total, cap in [(1, 64), (1000, 64), (37, 5)]:

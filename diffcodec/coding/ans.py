@@ -87,6 +87,13 @@ class Stack:
         return stack
 
     @classmethod
+    def over(cls, words: np.ndarray) -> "Stack":
+        """A sealed stack whose seed is ``words`` (e.g. another codec's output, recovered at the end)."""
+        stack = cls(words, sealed=True)
+        stack._salt = 1
+        return stack
+
+    @classmethod
     def from_words(cls, words: np.ndarray) -> "Stack":
         """The stack a decoder starts from: exactly the words an encoder produced."""
         if len(words) == 0:

@@ -12,11 +12,13 @@ Layout (all integers little-endian)::
     31      1     channels C                   32  2  height H     34  2  width W
     36      2     tile size (the prior's)      38  4  seed words kept (initial bits / 32, incl. seal)
     42      4     CRC-32 of the kept seed      46  8  SHA-256 prefix of the decoded pixels
-    54      4     payload words                58  4  CRC-32 of the payload bytes
-    62      1     names kind (0 template, 1 zlib list)   63  4  names length L
-    67      L     names
-    67+L    4     CRC-32 of all header bytes before it
-    71+L    4·W   payload: the ANS stack bottom first, uint32 words
+    54      1     bootstrap codec of tile 0 (0 none, 1 WebP lossless, 2 PNG)
+    55      4     bootstrap bytes (its length; its words sit at the top of the seed)
+    59      4     payload words                63  4  CRC-32 of the payload bytes
+    67      1     names kind (0 template, 1 zlib list)   68  4  names length L
+    72      L     names
+    72+L    4     CRC-32 of all header bytes before it
+    76+L    4·W   payload: the ANS stack bottom first, uint32 words
 
 Stack order of the payload: see coding.bitsback (one Bit-Swap chain per batch of tiles, batches pushed
 in order and popped in reverse). Round trip (a test executes this)::
@@ -42,7 +44,7 @@ import numpy as np
 
 MAGIC = b"DCL"
 VERSION = 1
-_FIXED = struct.Struct("<3sB16sHBBBHIBHHHII8sIIBI")  # fields up to and including the names length
+_FIXED = struct.Struct("<3sB16sHBBBHIBHHHII8sBIIIBI")  # fields up to and including the names length
 _CRC = struct.Struct("<I")
 NAME_TEMPLATE, NAME_LIST = 0, 1
 _NAME_RE = re.compile(r"^(.*?)(\d+)(\D*)$")
@@ -64,6 +66,8 @@ class Header:
     seed_words: int
     seed_crc: int
     pixel_hash: bytes  # 8 bytes
+    boot_codec: int = 0  # how tile 0 was coded into the seed (0: not at all, random seed)
+    boot_bytes: int = 0
     names: list[str] = field(default_factory=list)
     payload_words: int = field(default=0, compare=False)  # filled in by unpack
     payload_crc: int = field(default=0, compare=False)
@@ -119,7 +123,7 @@ def pack(header: Header, payload: np.ndarray) -> bytes:
         MAGIC, VERSION, bytes.fromhex(header.prior_digest)[:16], header.steps, header.spacing,
         header.grid_eighths, header.threads, header.max_batch, header.count, header.channels,
         header.height, header.width, header.tile, header.seed_words, header.seed_crc, header.pixel_hash,
-        len(payload), zlib.crc32(data), kind, len(body),
+        header.boot_codec, header.boot_bytes, len(payload), zlib.crc32(data), kind, len(body),
     )
     head = fixed + body
     return head + _CRC.pack(zlib.crc32(head)) + data
@@ -135,7 +139,7 @@ def unpack(blob: bytes) -> tuple[Header, np.ndarray]:
         raise ValueError("compressed file is truncated (incomplete header)")
     f = _FIXED.unpack_from(blob)
     (_, _, digest, steps, spacing, grid8, threads, max_batch, count, c, h, w, tile,
-     seed_words, seed_crc, pixel_hash, payload_words, payload_crc, kind, names_len) = f
+     seed_words, seed_crc, pixel_hash, boot_codec, boot_bytes, payload_words, payload_crc, kind, names_len) = f
     end = _FIXED.size + names_len
     if len(blob) < end + _CRC.size:
         raise ValueError("compressed file is truncated (incomplete header)")
@@ -151,7 +155,7 @@ def unpack(blob: bytes) -> tuple[Header, np.ndarray]:
     header = Header(
         prior_digest=digest.hex(), steps=steps, spacing=spacing, grid_eighths=grid8, threads=threads,
         max_batch=max_batch, count=count, channels=c, height=h, width=w, tile=tile, seed_words=seed_words,
-        seed_crc=seed_crc, pixel_hash=pixel_hash, names=names, payload_words=payload_words,
+        seed_crc=seed_crc, pixel_hash=pixel_hash, boot_codec=boot_codec, boot_bytes=boot_bytes, names=names, payload_words=payload_words,
         payload_crc=payload_crc,
     )
     return header, np.frombuffer(data, dtype="<u4").astype(np.uint32)

@@ -1,10 +1,13 @@
 """Lossless compression of image sets with a diffusion prior: tiles → batches → bits-back → file.
 
-Stack order of a file: the encoder pushes batch 1, then batch 2, …, each batch being one Bit-Swap
-chain over its tiles (coding.bitsback); the decoder pops the last batch first. Batch sizes grow
-(1, 1, 1, 1, 2, 3, 4, 6, …, up to ``max_batch``): each batch mostly pops bits that earlier batches
-pushed, so the random seed (the initial bits, paid once per file) is about one tile's need. Seed
-words that no pop reached are trimmed from the bottom of the stack before writing.
+Stack order of a file: the seed at the bottom is tile 0 coded by a cheap classic codec (WebP lossless,
+or PNG if smaller: "bootstrapping"), topped up from below with pseudo-random words when the first
+pops need more; then the encoder pushes batch 1, batch 2, … of the remaining tiles, each batch one
+Bit-Swap chain (coding.bitsback); the decoder pops the last batch first and finally finds tile 0's
+classic file as the seed. Batch sizes grow (1, 1, 1, 1, 2, 3, 4, 6, …, up to ``max_batch``): each
+batch mostly pops bits that earlier batches pushed, so the initial bits (paid once per file) are
+about one tile's need, and a file of one tile is the classic file plus the header. Random seed words
+that no pop reached are trimmed from the bottom before writing.
 
 Determinism: encoder and decoder evaluate the network on identical batches (same tiles, same order),
 with the torch thread count pinned to the value recorded in the file (CPU kernels give thread-count
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import math
 import time
 import zlib
@@ -41,6 +45,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from ..defaults import CODEC_SPACING, CODEC_STEPS
@@ -87,7 +92,8 @@ class CodecStats:
     file_bits: int  # everything
     header_bits: int
     payload_bits: int  # the ANS stack, initial bits included
-    initial_bits: int  # seed words kept (incl. the seal word)
+    initial_bits: int  # pseudo-random seed words kept under the bootstrap tile, plus the seal word
+    bootstrap_bits: int  # tile 0's classic file at the top of the seed (real information, not overhead)
     seconds: float
     network_seconds: float  # inside the prior (network and its float64 head)
 
@@ -160,6 +166,51 @@ class _Network:
         return out
 
 
+BOOT_NONE, BOOT_WEBP, BOOT_PNG = 0, 1, 2
+
+
+def _classic(tile: np.ndarray, codec: int) -> bytes:
+    arr = tile[0] if tile.shape[0] == 1 else tile.transpose(1, 2, 0)
+    buf = io.BytesIO()
+    if codec == BOOT_WEBP:
+        Image.fromarray(arr).save(buf, format="WEBP", lossless=True, quality=100, method=6)
+    else:
+        Image.fromarray(arr).save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def _unclassic(data: bytes, shape: tuple[int, int, int]) -> np.ndarray:
+    """Decode a bootstrap tile; ValueError on anything but a [C, t, t] uint8 image."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            arr = np.asarray(im.convert("L" if shape[0] == 1 else "RGB"), dtype=np.uint8)
+    except (OSError, ValueError):
+        raise ValueError("decoding desynchronized (the bootstrap tile is unreadable); no images written") from None
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    if arr.shape != shape:
+        raise ValueError("decoding desynchronized (the bootstrap tile has the wrong shape); no images written")
+    return arr
+
+
+def bootstrap(tile: np.ndarray) -> tuple[int, bytes]:
+    """Tile 0 as the smallest exact classic file: (codec id, bytes)."""
+    best = None
+    for codec in (BOOT_WEBP, BOOT_PNG):
+        try:
+            data = _classic(tile, codec)
+        except (OSError, KeyError):  # a Pillow build without WebP
+            continue
+        if np.array_equal(_unclassic(data, tile.shape), tile) and (best is None or len(data) < len(best[1])):
+            best = (codec, data)
+    if best is None:
+        raise ValueError("no exact classic codec available for the bootstrap tile")
+    return best
+
+
+def _as_words(data: bytes) -> np.ndarray:
+    return np.frombuffer(data + b"\0" * (-len(data) % 4), dtype="<u4").astype(np.uint32)
+
+
 def _check_images(prior: Prior, images) -> np.ndarray:
     images = np.asarray(as_pixels(images).numpy())
     c = prior.image_shape[0]
@@ -185,15 +236,16 @@ def compress(prior: Prior, images, names: list[str], params: CodecParams = Codec
     schedule = prior.schedule(params.steps, params.spacing)
     grid = LatentGrid.build(schedule, params.grid)
     tiles = to_tiles(images, prior.image_shape[1])
-    stack = Stack.seeded(0)
-    with pinned_threads(params.threads), tqdm(total=len(tiles) * params.steps, desc="compress", unit="tile-step",
-                                              disable=not progress, leave=False) as bar:
+    boot_codec, boot = bootstrap(tiles[0])
+    stack = Stack.over(_as_words(boot))
+    with pinned_threads(params.threads), tqdm(total=(len(tiles) - 1) * params.steps, desc="compress",
+                                              unit="tile-step", disable=not progress, leave=False) as bar:
         net = _Network(prior, schedule, bar)
-        start = 0
-        for n in batch_sizes(len(tiles), params.max_batch):
+        start = 1
+        for n in batch_sizes(len(tiles) - 1, params.max_batch):
             encode_batch(stack, grid, net, tiles[start : start + n])
             start += n
-    trim = stack.untouched_bottom_words()
+    trim = min(stack.untouched_bottom_words(), stack.prepended_words)  # never the bootstrap words
     payload = stack.words()[trim:]
     seed = stack.seed[trim:]
     n, c, h, w = images.shape
@@ -201,13 +253,15 @@ def compress(prior: Prior, images, names: list[str], params: CodecParams = Codec
         prior_digest=prior.digest, steps=params.steps, spacing=_SPACINGS.index(params.spacing),
         grid_eighths=round(params.grid * 8), threads=params.threads, max_batch=params.max_batch, count=n,
         channels=c, height=h, width=w, tile=prior.image_shape[1], seed_words=len(seed) + 1,
-        seed_crc=zlib.crc32(seed.astype("<u4").tobytes()), pixel_hash=pixel_hash(images), names=list(names),
+        seed_crc=zlib.crc32(seed.astype("<u4").tobytes()), pixel_hash=pixel_hash(images), boot_codec=boot_codec,
+        boot_bytes=len(boot), names=list(names),
     )
     blob = pack(header, payload)
     stats = CodecStats(
         num_images=n, num_tiles=len(tiles), dims_per_image=c * h * w, file_bits=8 * len(blob),
         header_bits=8 * (len(blob) - 4 * len(payload)), payload_bits=WORD_BITS * len(payload),
-        initial_bits=WORD_BITS * header.seed_words, seconds=time.perf_counter() - t0, network_seconds=net.seconds,
+        initial_bits=WORD_BITS * (header.seed_words - len(_as_words(boot))), bootstrap_bits=8 * len(boot),
+        seconds=time.perf_counter() - t0, network_seconds=net.seconds,
     )
     return blob, stats
 
@@ -232,11 +286,14 @@ def decompress(prior: Prior, blob: bytes, progress: bool = False):
     grid = LatentGrid.build(schedule, header.grid_eighths / 8)
     th, tw = math.ceil(header.height / size), math.ceil(header.width / size)
     num_tiles = header.count * th * tw
-    sizes = batch_sizes(num_tiles, header.max_batch)
+    boot_words = -(-header.boot_bytes // 4)
+    if header.boot_codec not in (BOOT_WEBP, BOOT_PNG) or not 0 < boot_words < header.seed_words:
+        raise ValueError("compressed file is corrupted (bad bootstrap fields)")
+    sizes = batch_sizes(num_tiles - 1, header.max_batch)
     tiles = np.empty((num_tiles, c, size, size), dtype=np.uint8)
     stack = Stack.from_words(payload)
-    with pinned_threads(header.threads), tqdm(total=num_tiles * header.steps, desc="decompress", unit="tile-step",
-                                              disable=not progress, leave=False) as bar:
+    with pinned_threads(header.threads), tqdm(total=(num_tiles - 1) * header.steps, desc="decompress",
+                                              unit="tile-step", disable=not progress, leave=False) as bar:
         net = _Network(prior, schedule, bar)
         end = num_tiles
         for n in reversed(sizes):
@@ -245,12 +302,15 @@ def decompress(prior: Prior, blob: bytes, progress: bool = False):
     seed = stack.words(unseal=True)
     if len(seed) + 1 != header.seed_words or zlib.crc32(seed.astype("<u4").tobytes()) != header.seed_crc:
         raise ValueError("decoding desynchronized (the seed did not come back); no images written")
+    boot = seed[len(seed) - boot_words :].astype("<u4").tobytes()[: header.boot_bytes]
+    tiles[0] = _unclassic(boot, (c, size, size))
     images = from_tiles(tiles, header.count, header.height, header.width)
     if pixel_hash(images) != header.pixel_hash:
         raise ValueError("decoding desynchronized (decoded pixels fail their checksum); no images written")
     stats = CodecStats(
         num_images=header.count, num_tiles=num_tiles, dims_per_image=c * header.height * header.width,
         file_bits=8 * len(blob), header_bits=8 * (len(blob) - 4 * len(payload)), payload_bits=WORD_BITS * len(payload),
-        initial_bits=WORD_BITS * header.seed_words, seconds=time.perf_counter() - t0, network_seconds=net.seconds,
+        initial_bits=WORD_BITS * (header.seed_words - boot_words), bootstrap_bits=8 * header.boot_bytes,
+        seconds=time.perf_counter() - t0, network_seconds=net.seconds,
     )
     return images, header.names, stats
