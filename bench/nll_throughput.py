@@ -1,19 +1,21 @@
 """nll throughput: image-steps per second of `diffcodec nll` against a naive per-timestep loop.
 
-Both paths evaluate the same prior on the same Fashion-MNIST test images over the same K-step
-schedule with the same noise, so their bits/dim must agree to float32 round-off (recorded). The naive
-loop is the reference ``calc_bpd_loop`` pattern: for each step, one network call on the batch of
-images under ``torch.no_grad``, terms from ``pair_terms``. The nll path is
-``diffcodec.likelihood.evaluate_nll`` at its defaults (several steps of several images per network
-call, inference mode). Rounds alternate between the paths so that background load hits both alike;
-the median round is reported, with the load average, since a busy 2-core machine slows many small
-network calls (OpenMP barriers wait for descheduled threads) far more than a few large ones.
+All paths evaluate the same prior on the same Fashion-MNIST test images over the same K-step
+schedule with the same noise, so their bits/dim agree to float32 round-off (recorded). The naive loop
+is the reference ``calc_bpd_loop`` pattern: images in batches of ``--batch``, and for each step one
+network call on the batch under ``torch.no_grad``, terms from ``pair_terms``; it runs with torch's
+default thread count, and once more with one thread for reference. The nll path is
+``diffcodec.likelihood.evaluate_nll`` at its defaults (groups of ``--batch`` images, several steps
+per network call, inference mode, one group per worker thread with one intra-op thread each). Rounds
+alternate between the paths so that background load hits all alike; the median round is reported
+with the load average, since a busy 2-core machine slows code that splits every operation across
+threads (OpenMP barriers wait for descheduled threads) far more than independent workers.
 
     python bench/nll_throughput.py            # writes bench/results/nll_throughput.{json,png}
 
-Prior: the embedded default (diffcodec/priors/default.safetensors) when present, otherwise a
-randomly initialised prior of the default configuration, PriorConfig() (throughput does not depend
-on the weights). Pause other CPU jobs while measuring.
+Prior: the embedded default (diffcodec/priors/default.safetensors) when present, otherwise a prior
+of the default configuration, PriorConfig(), with random weights (throughput does not depend on
+them). Pause other CPU jobs while measuring.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from diffcodec.checkpoint import default_prior_path, load_prior  # noqa: E402
 from diffcodec.data import load_images  # noqa: E402
 from diffcodec.defaults import CODEC_SPACING  # noqa: E402
 from diffcodec.diffusion import pixels_to_model, prior_kl  # noqa: E402
-from diffcodec.likelihood import DEFAULT_BATCH, DEFAULT_PAIRS_PER_CALL, evaluate_nll  # noqa: E402
+from diffcodec.likelihood import DEFAULT_BATCH, DEFAULT_PAIRS_PER_CALL, evaluate_nll, group_generator  # noqa: E402
 from diffcodec.prior import Prior, PriorConfig  # noqa: E402
 from diffcodec.terms import pair_terms  # noqa: E402
 from diffcodec.units import nats_to_bpd  # noqa: E402
@@ -45,17 +47,31 @@ from diffcodec.units import nats_to_bpd  # noqa: E402
 RESULTS = ROOT / "bench" / "results"
 
 
-def naive_loop(prior: Prior, pixels: torch.Tensor, schedule, seed: int) -> np.ndarray:
-    """[N] bits/dim, one network call per step per batch (the calc_bpd_loop pattern), same noise order."""
-    gen = torch.Generator().manual_seed(seed)
-    x0 = pixels_to_model(pixels, torch.float64)
-    total = prior_kl(x0, float(schedule.alphas_cumprod[-1])).sum((1, 2, 3))
-    for j in range(schedule.num_steps):
-        noise = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
-        with torch.no_grad():
-            out = pair_terms(prior, x0, torch.full((len(x0),), j, dtype=torch.long), noise, schedule)
-        total = total + out.nats
-    return nats_to_bpd(total, prior.num_dims).numpy()
+def naive_loop(prior: Prior, pixels: torch.Tensor, schedule, batch: int, seed: int = 0) -> np.ndarray:
+    """[N] bits/dim, one network call per step per batch (the calc_bpd_loop pattern), nll's noise."""
+    out = []
+    for g, start in enumerate(range(0, len(pixels), batch)):
+        gen = group_generator(seed, g)  # the noise evaluate_nll draws for this group
+        x0 = pixels_to_model(pixels[start : start + batch], torch.float64)
+        total = prior_kl(x0, float(schedule.alphas_cumprod[-1])).sum((1, 2, 3))
+        for j in range(schedule.num_steps):
+            noise = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
+            with torch.no_grad():
+                total = total + pair_terms(prior, x0, torch.full((len(x0),), j, dtype=torch.long), noise, schedule).nats
+        out.append(nats_to_bpd(total, prior.num_dims).numpy())
+    return np.concatenate(out)
+
+
+def one_thread(fn):
+    def wrapped(*args):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return fn(*args)
+        finally:
+            torch.set_num_threads(threads)
+
+    return wrapped
 
 
 def random_default_prior() -> Prior:
@@ -81,8 +97,9 @@ def cpu_name() -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=DEFAULT_BATCH, help="images, one batch (both paths)")
-    ap.add_argument("--steps", type=int, default=32, help="K; throughput per image-step hardly depends on it")
+    ap.add_argument("--images", type=int, default=2 * DEFAULT_BATCH, help="images evaluated per round")
+    ap.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="images per batch (all paths)")
+    ap.add_argument("--steps", type=int, default=24, help="K; throughput per image-step hardly depends on it")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", type=Path, default=RESULTS / "nll_throughput.json")
     args = ap.parse_args()
@@ -100,24 +117,24 @@ def main() -> None:
     schedule = prior.schedule(args.steps, CODEC_SPACING)
     work = len(pixels) * schedule.num_steps  # image-steps per measurement
 
-    def run_naive():
-        return naive_loop(prior, pixels, schedule, seed=0)
+    def run_naive(px=pixels, sch=schedule):
+        return naive_loop(prior, px, sch, args.batch)
 
-    def run_nll():
-        return evaluate_nll(prior, pixels, schedule, batch=len(pixels), seed=0).image_bpd
+    def run_nll(px=pixels, sch=schedule):
+        return evaluate_nll(prior, px, sch, batch=args.batch, seed=0).image_bpd
 
-    paths = {"naive_loop": run_naive, "nll": run_nll}
+    paths = {"naive_loop": run_naive, "naive_loop_1_thread": one_thread(run_naive), "nll": run_nll}
     rates = {name: [] for name in paths}
     bpd = {}
     load_before = os.getloadavg()
-    for name, fn in paths.items():  # warm-up (oneDNN primitive caches), not timed
-        fn()
+    for fn in (run_naive, run_nll):  # warm-up (allocator, oneDNN primitive caches), not timed
+        fn(pixels[: 2 * args.batch], prior.schedule(4, CODEC_SPACING))
     for r in range(args.rounds):
         for name, fn in paths.items():
             t0 = time.perf_counter()
             bpd[name] = fn()
             rates[name].append(work / (time.perf_counter() - t0))
-            print(f"round {r + 1}: {name:<10} {rates[name][-1]:8.1f} image-steps/s", file=sys.stderr)
+            print(f"round {r + 1}: {name:<20} {rates[name][-1]:8.1f} image-steps/s", file=sys.stderr)
     load_after = os.getloadavg()
 
     median = {name: statistics.median(v) for name, v in rates.items()}
@@ -131,15 +148,18 @@ def main() -> None:
         "data": data,
         "steps": schedule.num_steps,
         "spacing": CODEC_SPACING.value,
-        "images_per_batch": len(pixels),
+        "images": len(pixels),
+        "images_per_batch": args.batch,
         "nll_pairs_per_call": DEFAULT_PAIRS_PER_CALL,
-        "naive_pairs_per_call": len(pixels),
+        "nll_workers": torch.get_num_threads(),
+        "naive_pairs_per_call": args.batch,
         "rounds": args.rounds,
         "image_steps_per_s": {name: [round(x, 2) for x in v] for name, v in rates.items()},
         "median_image_steps_per_s": {name: round(v, 2) for name, v in median.items()},
         "speedup": round(median["nll"] / median["naive_loop"], 3),
+        "speedup_vs_naive_1_thread": round(median["nll"] / median["naive_loop_1_thread"], 3),
         "total_bpd": {name: float(np.mean(v)) for name, v in bpd.items()},
-        "max_abs_diff_image_bpd": float(np.max(np.abs(bpd["nll"] - bpd["naive_loop"]))),
+        "max_abs_diff_image_bpd": float(max(np.max(np.abs(v - bpd["nll"])) for v in bpd.values())),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpu": cpu_name(),
@@ -165,7 +185,7 @@ def plot(record: dict, path: Path) -> None:
     names = list(record["median_image_steps_per_s"])
     values = [record["median_image_steps_per_s"][n] for n in names]
     fig, ax = plt.subplots(figsize=(5, 3))
-    ax.bar(names, values, color=["#999999", "#1f77b4"])
+    ax.bar([n.replace("_", " ").replace("loop ", "loop\n") for n in names], values, color=["#999999", "#bbbbbb", "#1f77b4"][: len(names)])
     for i, v in enumerate(values):
         ax.text(i, v, f"{v:.0f}", ha="center", va="bottom")
     ax.set_ylabel("image-steps / s")

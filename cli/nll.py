@@ -40,19 +40,20 @@ TABLE_ROWS = 16
 @click.option("--limit", type=int, default=None, help="Evaluate only the first N images.")
 @click.option("--batch", type=int, default=DEFAULT_BATCH, show_default=True, help="Images per batch.")
 @click.option("--pairs", type=int, default=DEFAULT_PAIRS_PER_CALL, show_default=True, help="(image, step) pairs per network call.")
+@click.option("--workers", type=int, default=None, help="Image groups evaluated in parallel on CPU. Default: torch's thread count.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @device_option
 @json_option
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write terms per step and the rate–distortion curve (PNG).")
 @one_line_errors
-def nll(prior_path, data_spec, steps, spacing, estimator, samples, limit, batch, pairs, seed, device, as_json, plot):
+def nll(prior_path, data_spec, steps, spacing, estimator, samples, limit, batch, pairs, workers, seed, device, as_json, plot):
     """Bits/dim of the variational bound on a data set, per step (DDPM Table 4) and in total."""
     prior, _ = open_prior(prior_path, device)
     data = load_images(data_spec).subset(limit)
     schedule = prior.schedule(steps, spacing)
     result = evaluate_nll(
         prior, data.images, schedule, estimator=estimator, samples=samples, batch=batch, pairs_per_call=pairs,
-        seed=seed, progress=True,
+        workers=workers, seed=seed, progress=True,
     )
     if plot:
         plot_likelihood(result, plot)

@@ -12,7 +12,7 @@ from diffcodec.diffusion import (
     prior_kl,
     q_sample,
 )
-from diffcodec.likelihood import Estimator, _collapsed_strata_var, evaluate_nll, mc_proposal
+from diffcodec.likelihood import Estimator, _collapsed_strata_var, evaluate_nll, group_generator, mc_proposal
 from diffcodec.terms import compute_terms
 from diffcodec.units import nats_to_bpd
 
@@ -28,13 +28,12 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def reference_loop(prior, images, schedule, seed):
+def reference_loop(prior, images, schedule, gen):
     """A straightforward per-timestep loop, independent of terms.py: [K] mean nats, [K] RMSE, [N] L_T nats.
 
-    Noise for step index j is the j-th randn([N, C, H, W]) float64 draw of a generator seeded with
-    ``seed`` (the documented convention of compute_terms).
+    Noise for step index j is the j-th randn([N, C, H, W]) float64 draw of ``gen`` (the documented
+    convention of compute_terms).
     """
-    gen = torch.Generator().manual_seed(seed)
     x0 = pixels_to_model(images, torch.float64)
     abar = schedule.alphas_cumprod
     abar_prev = np.concatenate([[1.0], abar[:-1]])
@@ -79,9 +78,10 @@ def test_per_step_values_equal_a_straightforward_loop(variance, steps):
     prior = make_tiny_prior(variance, T=20)
     images = random_images(4, seed=3)
     schedule = prior.schedule(steps, "front")
-    # batch >= N: one noise draw per step for all images, as in the loop; one step per network call.
+    # batch >= N: one group, whose generator gives one noise draw per step for all images, as in the
+    # loop; one step of the four images per network call, as in the loop.
     result = evaluate_nll(prior, images, schedule, batch=8, pairs_per_call=4, seed=11)
-    means, rmses, prior_nats = reference_loop(prior, images, schedule, seed=11)
+    means, rmses, prior_nats = reference_loop(prior, images, schedule, group_generator(11, 0))
     D = prior.num_dims
     np.testing.assert_allclose(result.term_bpd, nats_to_bpd(means, D), rtol=1e-6)
     np.testing.assert_allclose(result.rmse, rmses, rtol=1e-6)
@@ -103,14 +103,27 @@ def test_terms_sum_to_total_and_rates_accumulate(estimator):
     assert result.image_bpd.shape == (6,) and np.isfinite(result.image_bpd).all()
 
 
-def test_exact_estimator_is_compute_terms_batch_by_batch():
+def test_exact_estimator_is_compute_terms_group_by_group():
     prior = make_tiny_prior("small")
     images = random_images(5)
-    result = evaluate_nll(prior, images, batch=5, pairs_per_call=64, seed=4)
-    terms = compute_terms(prior, images, generator=torch.Generator().manual_seed(4), max_batch=64)
-    np.testing.assert_allclose(result.image_bpd, terms.total_bpd().numpy(), rtol=1e-6)
-    expected_se = terms.total_bpd().std().item() / math.sqrt(5)
-    assert result.total_bpd_stderr == pytest.approx(expected_se, rel=1e-5)
+    result = evaluate_nll(prior, images, batch=2, pairs_per_call=64, seed=4)
+    totals = torch.cat(
+        [
+            compute_terms(prior, images[g * 2 : g * 2 + 2], generator=group_generator(4, g), max_batch=64).total_bpd()
+            for g in range(3)
+        ]
+    )
+    np.testing.assert_allclose(result.image_bpd, totals.numpy(), rtol=1e-6)
+    assert result.total_bpd_stderr == pytest.approx(totals.std().item() / math.sqrt(5), rel=1e-5)
+
+
+@pytest.mark.parametrize("estimator", ["exact", "mc"])
+def test_figures_do_not_depend_on_the_number_of_workers(estimator):
+    prior = make_tiny_prior()
+    images = random_images(7)
+    runs = [evaluate_nll(prior, images, estimator=estimator, samples=3, batch=2, workers=w, seed=5) for w in (1, 3)]
+    assert np.array_equal(runs[0].image_bpd, runs[1].image_bpd)
+    assert np.array_equal(runs[0].term_bpd, runs[1].term_bpd) and np.array_equal(runs[0].rmse, runs[1].rmse, equal_nan=True)
 
 
 def test_mc_mean_over_seeds_agrees_with_exact_within_its_interval():
@@ -157,8 +170,10 @@ def test_prior_is_left_as_it_was():
     t = torch.tensor([3.0, 9.0])
     with torch.no_grad():
         before = prior.net(x, t)
-    evaluate_nll(prior, random_images(2))
-    assert prior.training and all(p.is_contiguous() for p in prior.parameters())
+    threads = torch.get_num_threads()
+    evaluate_nll(prior, random_images(2), workers=2)
+    assert prior.training and torch.get_num_threads() == threads
+    assert not prior.net._forward_pre_hooks
     prior.eval()
     with torch.no_grad():
         assert torch.equal(prior.net(x, t), before)
@@ -194,6 +209,7 @@ def test_one_image_has_no_stderr_over_images():
         (dict(images=torch.zeros(0, 1, 8, 8, dtype=torch.uint8)), "no images"),
         (dict(estimator="mc", samples=0), "samples must be >= 1"),
         (dict(batch=0), "batch"),
+        (dict(workers=0), "workers"),
         (dict(estimator="bogus"), "bogus"),
     ],
 )
@@ -208,3 +224,22 @@ def test_schedule_of_another_prior_is_refused():
     prior = make_tiny_prior(T=20)
     with pytest.raises(ValueError, match="T = 10"):
         evaluate_nll(prior, random_images(2), make_tiny_prior(T=10).schedule())
+
+
+def test_a_failing_group_stops_the_others_and_restores_the_prior(monkeypatch):
+    import diffcodec.likelihood as lik
+
+    real = lik._exact_batch
+    calls = []
+
+    def failing(prior, pixels, *args):
+        calls.append(len(calls))
+        if len(calls) == 2:
+            raise ValueError("boom")
+        return real(prior, pixels, *args)
+
+    monkeypatch.setattr(lik, "_exact_batch", failing)
+    prior = make_tiny_prior()
+    with pytest.raises(ValueError, match="boom"):
+        evaluate_nll(prior, random_images(64), batch=1, workers=2)
+    assert len(calls) < 64 and not prior.net._forward_pre_hooks and torch.get_num_threads() == 1
