@@ -39,7 +39,7 @@ def run(name: str, steps: int) -> None:
     RUNS.mkdir(parents=True, exist_ok=True)
     log = RUNS / f"{name}.jsonl"
     log.unlink(missing_ok=True)
-    cmd = ["diffcodec", "train", *COMMON, "--out", str(RUNS / f"{name}.safetensors"), "--steps", str(steps),
+    cmd = [sys.executable, "-m", "diffcodec_cli.main", "train", *COMMON, "--out", str(RUNS / f"{name}.safetensors"), "--steps", str(steps),
            "--channels", str(size["channels"]), "--mult", size["mult"],
            "--res-blocks", str(size["res_blocks"]), "--eval-every", str(size["eval_every"]), "--ckpt-every", "500",
            "--log", str(log)]

@@ -348,6 +348,16 @@ def fit(
             record["heldout_bpd"] = round(trainer.curve[-1].heldout_bpd, 4)
         save_prior(trainer.ema, prior_path, info=record)
 
+    def evaluate(stats: dict):
+        if trainer.rank != 0 or trainer.heldout is None:
+            return
+        point = trainer.evaluate()
+        bar.write(f"step {point.step}: held-out {point.heldout_bpd:.4f} ± {point.heldout_bpd_stderr:.4f} bits/dim "
+                  f"({point.images_seen} images, {point.train_seconds:.0f} s)")
+        if log_path:
+            with open(log_path, "a") as f:
+                f.write(json.dumps(dict(asdict(point), **stats)) + "\n")
+
     while trainer.step < total_steps:
         if time_limit is not None and time.monotonic() - start > time_limit:
             break
@@ -359,15 +369,12 @@ def fit(
         bar.set_postfix(loss=f"{stats['loss']:.4f}", img_s=f"{ips:.0f}", refresh=False)
         if not math.isfinite(stats["loss"]):
             raise RuntimeError(f"training diverged at step {trainer.step} (loss {stats['loss']})")
-        if eval_every and trainer.step % eval_every == 0 and trainer.rank == 0 and trainer.heldout is not None:
-            point = trainer.evaluate()
-            bar.write(f"step {point.step}: held-out {point.heldout_bpd:.4f} ± {point.heldout_bpd_stderr:.4f} bits/dim "
-                      f"({point.images_seen} images, {point.train_seconds:.0f} s)")
-            if log_path:
-                with open(log_path, "a") as f:
-                    f.write(json.dumps(dict(asdict(point), **stats)) + "\n")
+        if eval_every and trainer.step % eval_every == 0:
+            evaluate(stats)
         if trainer.step % ckpt_every == 0:
             checkpoint()
+    if eval_every and stats and (not trainer.curve or trainer.curve[-1].step != trainer.step):
+        evaluate(stats)  # the run's last state always gets a held-out figure
     checkpoint()
     bar.close()
     return trainer
