@@ -47,7 +47,8 @@ def vlb_summary(prior, tiles: np.ndarray, schedule, seed: int = 0) -> tuple[floa
 @click.option("--steps", type=click.IntRange(min=1), default=CODEC_STEPS, show_default=True, help="Chain steps K.")
 @click.option("--spacing", type=click.Choice([s.value for s in Spacing]), default=CODEC_SPACING.value, show_default=True)
 @click.option("--grid", type=float, default=DEFAULT_GRID, show_default=True, help="Latent grid points per std (G).")
-@click.option("--threads", type=click.IntRange(min=0, max=255), default=0, help="torch threads (recorded; 0 = current).")
+@click.option("--threads", type=click.IntRange(min=0, max=255), default=1, show_default=True,
+              help="torch threads for the network; recorded, the decoder uses the same (0 = current).")
 @click.option("--max-batch", type=click.IntRange(min=1, max=65535), default=DEFAULT_MAX_BATCH, show_default=True)
 @click.option("--no-vlb", is_flag=True, help="Skip the VLB comparison (saves one pass of network evaluations).")
 @device_option

@@ -67,7 +67,10 @@ class CodecParams:
     steps: int = CODEC_STEPS
     spacing: Spacing = CODEC_SPACING
     grid: float = DEFAULT_GRID  # G, latent grid points per standard deviation (multiple of 1/8)
-    threads: int = 0  # torch threads for the network; 0 = torch's current setting
+    # torch threads for the network, recorded in the file and used again by the decoder (CPU kernels give
+    # thread-count dependent float32 results). 1 by default: reproducible on any machine, and pinned
+    # multi-threading on a busy CPU was measured 3x slower; 0 = torch's current setting.
+    threads: int = 1
     max_batch: int = DEFAULT_MAX_BATCH
 
     def resolved(self, prior: Prior) -> "CodecParams":
