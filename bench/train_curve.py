@@ -2,8 +2,9 @@
 
 Each size trains with `diffcodec train` on Fashion-MNIST (last 1,000 training images held out) for
 the same number of steps (batch 64); the held-out VLB of the EMA weights at the codec's default
-steps is logged periodically. The machine is shared while this runs, so the runs are budgeted in
-steps, and training time on the plot is images seen divided by each size's clean throughput from
+steps is logged periodically. Runs use one thread (--threads 1): the machine is shared while this
+runs, and two OpenMP threads thrash next to another busy process. The runs are budgeted in
+steps, and training time on the plot is images seen divided by each size's clean 1-thread throughput from
 bench/train_throughput.py (measured side by side with nothing else running).
 Results: bench/results/train_curve.json and train_curve.png.
 
@@ -31,7 +32,7 @@ SIZES = {
 }
 COMMON = ["--data", "fashion-mnist:train", "--holdout", "1000", "--eval-images", "64", "--attention", "7",
           "--objective", "hybrid", "--schedule", "cosine", "--batch", "64", "--lr", "4e-4", "--warmup", "200",
-          "--ema", "0.999", "--dropout", "0.1", "--device", "cpu"]
+          "--ema", "0.999", "--dropout", "0.1", "--device", "cpu", "--threads", "1"]
 
 
 def run(name: str, steps: int) -> None:
@@ -51,7 +52,7 @@ def clean_throughput() -> dict:
     path = HERE / "results" / "train_throughput.json"
     if not path.exists():
         return {}
-    return {name: r["images_per_second"] for name, r in json.loads(path.read_text())["sizes"].items()}
+    return {name: r["images_per_second_1_thread"] for name, r in json.loads(path.read_text())["sizes"].items()}
 
 
 def collect() -> dict:
@@ -94,7 +95,7 @@ def plot(result: dict) -> None:
         if ips:
             axes[0].plot([p["clean_train_minutes"] for p in c], [p["heldout_bpd"] for p in c], "o-", label=label)
         axes[1].plot([p["images_seen"] / 1000 for p in c], [p["heldout_bpd"] for p in c], "o-", label=label)
-    axes[0].set_xlabel("training time on this CPU, 2 threads (minutes)")
+    axes[0].set_xlabel("training time on this CPU, 1 thread (minutes)")
     axes[1].set_xlabel("training images seen (thousands)")
     for ax in axes:
         ax.set_ylabel("held-out bits/dim (VLB, codec steps)")

@@ -2,8 +2,10 @@
 
 For each candidate prior size (bench/train_curve.py's SIZES) and for the embedded default prior:
 forward-pass images/s at batch 1 and 64 (no autograd), and hybrid-objective training images/s at
-batch 64 (plain, and with channels_last memory format). Every figure is a median over repeats
-after warm-up, all in one process with the same thread count.
+batch 64 with 2 threads (plain, and with channels_last memory format) and with 1 thread. Every
+figure is a median over repeats after warm-up, all in one process. Run it on an otherwise idle
+machine: with another busy process on the 2 cores, 2-thread OpenMP regions thrash (measured 40×
+slower per step), which is why the long training runs here use --threads 1.
 
     python bench/train_throughput.py   # → bench/results/train_throughput.json
 """
@@ -49,17 +51,21 @@ def forward_ips(net, shape, batch: int) -> float:
     return batch / timed(lambda: net(x, t), repeats=20 if batch == 1 else 8)
 
 
-def train_ips(config: PriorConfig, images: np.ndarray, channels_last: bool = False) -> float:
+def train_ips(config: PriorConfig, images: np.ndarray, channels_last: bool = False, threads: int = 2) -> float:
+    torch.set_num_threads(threads)
     trainer = Trainer(config, TrainConfig(objective="hybrid", batch_size=64), images, torch.device("cpu"))
     if channels_last:
         trainer.prior.net.to(memory_format=torch.channels_last)
-    return 64 / timed(trainer.train_step, repeats=8)
+    ips = 64 / timed(trainer.train_step, repeats=8)
+    torch.set_num_threads(2)
+    return ips
 
 
 def main() -> dict:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (512, 1, 28, 28), dtype=np.uint8)
-    result = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+    torch.set_num_threads(2)
+    result = {"torch": torch.__version__, "threads": 2, "cpu": platform.processor() or platform.machine(),
               "sizes": {}}
     configs = {name: PriorConfig(unet=UNetConfig(attention_resolutions=(7,), learn_variance=True, **kw), schedule="cosine")
                for name, kw in SIZES.items()}
@@ -76,6 +82,7 @@ def main() -> dict:
             "forward_images_per_second_batch64": forward_ips(net, trainer.prior.image_shape, 64),
             "images_per_second": train_ips(config, images),
             "images_per_second_channels_last": train_ips(config, images, channels_last=True),
+            "images_per_second_1_thread": train_ips(config, images, threads=1),
         }
         result["sizes"][name] = row
         print(name, json.dumps(row), flush=True)
