@@ -7,8 +7,8 @@
 - hybrid: L_simple + λ·L_vlb with λ = 0.001, t uniform, and the mean inside L_vlb computed from a
   stop-gradient ε so that the L_vlb part trains only the variance output v.
 
-The trainer keeps Adam with linear warm-up, gradient clipping, an EMA of the weights (the prior
-file holds the EMA weights), optional random horizontal flips, periodic atomic checkpoints that
+The trainer keeps Adam with linear warm-up, gradient clipping, an EMA of the weights with decay
+min(ema, (1 + step)/(10 + step)) (the prior file holds the EMA weights), optional random horizontal flips, periodic atomic checkpoints that
 resume exactly (weights, EMA, optimizer, step, importance-sampling history, RNG states), and a
 periodic held-out bits/dim figure. Under ``torchrun`` it trains data-parallel: every rank draws the
 same global batch (indices, t, noise) from the shared seed and takes its slice, so N processes
@@ -199,7 +199,8 @@ class Trainer:
         self.opt.step()
         with torch.no_grad():
             ema_p = list(self.ema.net.parameters())
-            torch._foreach_lerp_(ema_p, list(self.prior.net.parameters()), 1.0 - self.cfg.ema_decay)
+            decay = min(self.cfg.ema_decay, (1.0 + self.step) / (10.0 + self.step))  # warm-up: early EMA is not stuck at init
+            torch._foreach_lerp_(ema_p, list(self.prior.net.parameters()), 1.0 - decay)
             for eb, mb in zip(self.ema.net.buffers(), self.prior.net.buffers()):
                 eb.copy_(mb)
         if losses.vlb_bpd is not None and self.sampler.loss_aware:
