@@ -51,20 +51,28 @@ def save_prior(prior: Prior, path: str | os.PathLike, info: dict | None = None) 
     meta = {"format": FORMAT, "version": VERSION, "config": prior.config.to_json(), "digest": digest}
     if info:
         meta["info"] = json.dumps(info, sort_keys=True)
-    data = st_save(state, metadata=meta)
+    atomic_write(Path(path), st_save(state, metadata=meta))
+    prior.digest = digest
+    return digest
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash at any moment leaves the old file or the new one."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=path.name + ".", suffix=".tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file ordinary permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    prior.digest = digest
-    return digest
 
 
 def read_prior_header(data: bytes) -> dict:

@@ -20,8 +20,6 @@ from __future__ import annotations
 import enum
 import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,7 +30,7 @@ import torch.distributed as dist
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .checkpoint import save_prior
+from .checkpoint import atomic_write, save_prior
 from .defaults import CODEC_SPACING, CODEC_STEPS
 from .diffusion import pixels_to_model, q_sample
 from .prior import Prior, PriorConfig, VarianceMode
@@ -260,7 +258,7 @@ class Trainer:
             "train_seconds": repr(self.train_seconds),
             "curve": json.dumps([asdict(p) for p in self.curve]),
         }
-        _atomic_write(Path(path), st_save(self.state_tensors(), metadata=meta))
+        atomic_write(Path(path), st_save(self.state_tensors(), metadata=meta))
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
         model = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
@@ -300,20 +298,6 @@ def read_train_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict, P
         raise ValueError(f"training checkpoint not found: {path}") from None
     except Exception:
         raise ValueError(f"{path}: not a readable diffcodec training checkpoint") from None
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def fit(
