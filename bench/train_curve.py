@@ -43,7 +43,7 @@ def run(name: str, steps: int) -> None:
     cmd = [sys.executable, "-m", "diffcodec_cli.main", "train", *COMMON, "--out", str(RUNS / f"{name}.safetensors"), "--steps", str(steps),
            "--channels", str(size["channels"]), "--mult", size["mult"],
            "--res-blocks", str(size["res_blocks"]), "--eval-every", str(size["eval_every"]), "--ckpt-every", "500",
-           "--log", str(log)]
+           "--eval-log", str(log)]
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
 

@@ -60,7 +60,7 @@ def _configs(config_file, o) -> tuple[PriorConfig, TrainConfig]:
 @click.option("--eval-images", type=click.IntRange(min=1), default=64, show_default=True, help="Held-out images used per evaluation.")
 @click.option("--eval-every", type=click.IntRange(min=0), default=1000, show_default=True, help="Steps between held-out evaluations (0: never).")
 @click.option("--ckpt-every", type=click.IntRange(min=1), default=500, show_default=True, help="Steps between checkpoints.")
-@click.option("--log", "log_path", type=click.Path(dir_okay=False), default=None, help="Append one JSON line per evaluation here.")
+@click.option("--eval-log", "log_path", type=click.Path(dir_okay=False), default=None, help="Append one JSON line per evaluation here (named so that torchrun does not take it for its --log-dir).")
 @click.option("--channels", type=int, default=32, show_default=True, help="U-Net base width.")
 @click.option("--mult", default="1,2,2", show_default=True, help="Channel multiplier per resolution level.")
 @click.option("--res-blocks", type=int, default=2, show_default=True)

@@ -51,7 +51,7 @@ def test_cli_run_writes_a_loadable_prior_with_better_heldout_bpd(tmp_path):
     args = ["train", "--data", tmp_path / "d.npy", "--out", tmp_path / "p.safetensors", "--channels", "8", "--mult", "1,2",
             "--res-blocks", "1", "--attention", "4", "--timesteps", "20", "--batch", "16", "--lr", "2e-3", "--warmup", "5",
             "--holdout", "16", "--eval-images", "16", "--eval-every", "60", "--ckpt-every", "60", "--ema", "0.9",
-            "--log", tmp_path / "log.jsonl", "--steps", "120", "--device", "cpu"]
+            "--eval-log", tmp_path / "log.jsonl", "--steps", "120", "--device", "cpu"]
     result = CliRunner().invoke(main, [str(a) for a in args])
     assert result.exit_code == 0, result.output
     prior = load_prior(tmp_path / "p.safetensors")
