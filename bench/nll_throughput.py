@@ -12,7 +12,7 @@ headline (as timeit advises: slower rounds are other processes' doing), the medi
 the load average, since a busy 2-core machine slows code that splits every operation across threads
 (OpenMP barriers wait for descheduled threads) far more than independent workers.
 
-    python bench/nll_throughput.py            # writes bench/results/nll_throughput.{json,png}
+    python bench/nll_throughput.py            # about a minute; writes bench/results/nll_throughput.{json,png}
 
 Prior: the embedded default (diffcodec/priors/default.safetensors) when present, otherwise a prior
 of the default configuration, PriorConfig(), with random weights (throughput does not depend on
@@ -121,9 +121,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, DEFAULT_BATCH], help="images per batch to compare at")
     ap.add_argument("--steps", type=int, default=24, help="K; throughput per image-step hardly depends on it")
-    ap.add_argument("--seconds", type=float, default=3.0, help="time per measurement (stops after the call that passes it)")
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--seconds", type=float, default=2.0, help="time per measurement (stops after the call that passes it)")
+    ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--out", type=Path, default=RESULTS / "nll_throughput.json")
+    ap.add_argument("--note", default="", help="conditions of the run, recorded in the JSON (e.g. what else was running)")
     args = ap.parse_args()
 
     if default_prior_path().exists():
@@ -193,6 +194,7 @@ def main() -> None:
         "loadavg_1min_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
         "loadavg_1min_per_measurement": [round(x, 2) for x in loads],
         "python": platform.python_version(),
+        "note": args.note,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n")
