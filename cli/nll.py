@@ -74,7 +74,7 @@ def print_summary(r: Likelihood, data_spec: str, T: int) -> None:
     click.echo(f"total     {r.total_bpd:.4f} bits/dim{spread}")
     if r.estimator is Estimator.MC and not math.isnan(r.mc_stderr_bpd):
         click.echo(f"          of which step sampling ± {r.mc_stderr_bpd:.4f} (conservative)")
-    click.echo(f"  L_T     {r.prior_bpd:.6f}")
+    click.echo(f"  L_T     {r.prior_bpd:.3e}")
     click.echo(f"  Σ L_t-1 {r.kl_bpd:.4f}   (t ≥ 2)")
     click.echo(f"  L_0     {r.decoder_bpd:.4f}   (decoder)")
     click.echo(f"time      {r.seconds:.1f} s, {r.images_per_second:.2f} images/s")
