@@ -211,6 +211,18 @@ def _exact_batch(prior: Prior, pixels: torch.Tensor, schedule: Schedule, gen: to
     )
 
 
+def stratified_draws(q: torch.Tensor, rows: int, S: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """S stratified draws per row from q ([n] f64): ([rows, S] indices, [rows, S] weights 1/(S·q)).
+
+    Draw s inverts q's CDF at u_s ~ U[s/S, (s+1)/S), so index i is drawn S·q_i times in expectation
+    and Σ_s weight_s·f(i_s) is unbiased for Σ_i f(i).
+    """
+    cdf = torch.cumsum(q, 0)
+    u = (torch.arange(S, dtype=torch.float64) + torch.rand(rows, S, generator=gen, dtype=torch.float64)) / max(S, 1)
+    idx = torch.searchsorted(cdf, u * cdf[-1], right=True).clamp(max=len(q) - 1)
+    return idx, 1.0 / (max(S, 1) * q[idx])
+
+
 def _mc_batch(prior: Prior, pixels: torch.Tensor, schedule: Schedule, gen: torch.Generator, pairs: int, samples: int) -> _Batch:
     device = pixels.device
     x0 = pixels_to_model(pixels, torch.float64)
@@ -218,11 +230,9 @@ def _mc_batch(prior: Prior, pixels: torch.Tensor, schedule: Schedule, gen: torch
     if K == 1:  # only the decoder: nothing to sample
         S = 0
     q = torch.as_tensor(mc_proposal(schedule) if K > 1 else np.ones(1), dtype=torch.float64)
-    cdf = torch.cumsum(q, 0)
-    u = (torch.arange(S, dtype=torch.float64) + torch.rand(B, S, generator=gen, dtype=torch.float64)) / max(S, 1)
-    idx = torch.searchsorted(cdf, u * cdf[-1], right=True).clamp(max=len(q) - 1)  # [B, S] into steps 2..K
+    idx, w = stratified_draws(q, B, S, gen)  # [B, S] into steps 2..K
     steps = torch.cat([torch.zeros(B, 1, dtype=torch.long), idx + 1], dim=1)  # [B, S+1] 0-based, col 0 = decoder
-    weights = torch.cat([torch.ones(B, 1, dtype=torch.float64), 1.0 / (max(S, 1) * q[idx])], dim=1)
+    weights = torch.cat([torch.ones(B, 1, dtype=torch.float64), w], dim=1)
     steps, weights = steps.to(device), weights.to(device)
 
     flat_k, flat_img = steps.flatten(), torch.arange(B, device=device).repeat_interleave(S + 1)

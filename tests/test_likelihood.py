@@ -12,7 +12,14 @@ from diffcodec.diffusion import (
     prior_kl,
     q_sample,
 )
-from diffcodec.likelihood import Estimator, _collapsed_strata_var, evaluate_nll, group_generator, mc_proposal
+from diffcodec.likelihood import (
+    Estimator,
+    _collapsed_strata_var,
+    evaluate_nll,
+    group_generator,
+    mc_proposal,
+    stratified_draws,
+)
 from diffcodec.terms import compute_terms
 from diffcodec.units import nats_to_bpd
 
@@ -177,6 +184,18 @@ def test_prior_is_left_as_it_was():
     prior.eval()
     with torch.no_grad():
         assert torch.equal(prior.net(x, t), before)
+
+
+@pytest.mark.parametrize("S", [1, 3, 19, 40])
+def test_stratified_draws_weigh_every_step_to_one_in_expectation(S):
+    """The Horvitz–Thompson identity behind unbiasedness: E[Σ_s weight_s·1{i_s = i}] = 1 for every i."""
+    q = torch.as_tensor(mc_proposal(make_tiny_prior(T=20).schedule()), dtype=torch.float64)
+    rows = 20000
+    idx, w = stratified_draws(q, rows, S, torch.Generator().manual_seed(S))
+    per_step = torch.zeros(len(q), dtype=torch.float64).index_add_(0, idx.flatten(), w.flatten()) / rows
+    # Each step's sum is a mean of 20,000 independent rows; its spread is at most about √(1/(S·q_i)/rows).
+    tol = 5 * torch.sqrt(1.0 / (S * q) / rows)
+    assert torch.all((per_step - 1).abs() < tol), per_step
 
 
 def test_proposal_is_a_distribution_with_bounded_weights():
