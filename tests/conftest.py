@@ -31,6 +31,15 @@ def make_tiny_prior(variance: str = "learned", channels: int = 1, size: int = 8,
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny nets gain nothing from threads, and on a busy 2-core machine OpenMP barriers make every op wait."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def tiny_prior() -> Prior:
     return make_tiny_prior()
 

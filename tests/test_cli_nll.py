@@ -12,13 +12,7 @@ from diffcodec_cli.main import main
 from .conftest import make_tiny_prior, random_images
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny nets gain nothing from threads, and on a busy 2-core machine OpenMP barriers make every op wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run(*args):
