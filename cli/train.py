@@ -27,8 +27,9 @@ def _ints(text: str) -> tuple[int, ...]:
         raise ValueError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def _configs(config_file, o) -> tuple[PriorConfig, TrainConfig]:
-    """Flags, overridden by a JSON config file {"prior": {...}, "train": {...}} when given."""
+def _configs(config_file, o) -> tuple[dict, dict, dict]:
+    """(unet, prior, train) keyword dicts from the flags, overridden by a JSON config file
+    {"prior": {..., "unet": {...}}, "train": {...}} when given."""
     unet = dict(
         image_channels=None, image_size=None, base_channels=o["channels"], channel_mult=_ints(o["mult"]),
         num_res_blocks=o["res_blocks"], attention_resolutions=_ints(o["attention"]), dropout=o["dropout"],

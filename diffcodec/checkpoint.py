@@ -75,19 +75,25 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def read_prior_header(data: bytes) -> dict:
-    """The metadata dict of a prior file's bytes; ValueError if it is not a diffcodec prior."""
+def safetensors_metadata(data: bytes, what: str) -> dict:
+    """The ``__metadata__`` dict of a safetensors file's bytes; ValueError naming ``what`` otherwise."""
     if len(data) < 8:
-        raise ValueError("not a diffcodec prior file (too short)")
+        raise ValueError(f"not a {what} file (too short)")
     n = int.from_bytes(data[:8], "little")
     if n <= 0 or 8 + n > len(data):
-        raise ValueError("not a diffcodec prior file (bad or truncated safetensors header)")
+        raise ValueError(f"not a {what} file (bad or truncated safetensors header)")
     try:
         header = json.loads(data[8 : 8 + n])
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ValueError("not a diffcodec prior file (unreadable header)") from None
+        raise ValueError(f"not a {what} file (unreadable header)") from None
     meta = header.get("__metadata__") if isinstance(header, dict) else None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    return meta if isinstance(meta, dict) else {}
+
+
+def read_prior_header(data: bytes) -> dict:
+    """The metadata dict of a prior file's bytes; ValueError if it is not a diffcodec prior."""
+    meta = safetensors_metadata(data, "diffcodec prior")
+    if meta.get("format") != FORMAT:
         raise ValueError("not a diffcodec prior file (no diffcodec-prior metadata)")
     if meta.get("version") != VERSION:
         raise ValueError(f"unsupported prior file version {meta.get('version')!r} (this diffcodec reads {VERSION})")

@@ -30,7 +30,7 @@ import torch.distributed as dist
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .checkpoint import atomic_write, save_prior
+from .checkpoint import atomic_write, safetensors_metadata, save_prior
 from .defaults import CODEC_SPACING, CODEC_STEPS
 from .diffusion import pixels_to_model, q_sample
 from .prior import Prior, PriorConfig, VarianceMode
@@ -288,8 +288,7 @@ def read_train_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict, P
     path = Path(path)
     try:
         data = path.read_bytes()
-        n = int.from_bytes(data[:8], "little")
-        meta = json.loads(data[8 : 8 + n]).get("__metadata__", {})
+        meta = safetensors_metadata(data, "diffcodec training checkpoint")
         if meta.get("format") != "diffcodec-train-state":
             raise ValueError
         tensors = st_load(data)
