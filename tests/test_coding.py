@@ -5,8 +5,10 @@ from __future__ import annotations
 import doctest
 import math
 import subprocess
+import struct
 import sys
 import textwrap
+import zlib
 
 import numpy as np
 import pytest
@@ -197,6 +199,34 @@ def test_truncated_corrupted_and_wrong_prior_files_fail_cleanly(coded):
     other.digest = "22" * 32
     with pytest.raises(ValueError, match="another prior"):
         decompress(other, blob)
+
+
+def _forge(blob: bytes, **fields) -> bytes:
+    """The file with some fixed header fields replaced and every checksum recomputed (a hostile file)."""
+    names = ("magic version digest steps spacing grid threads batch count channels height width tile "
+             "seed_words seed_crc pixel_hash boot_codec boot_bytes payload_words payload_crc kind names_len").split()
+    values = dict(zip(names, container._FIXED.unpack_from(blob)))
+    values.update(fields)
+    head = container._FIXED.pack(*values.values())
+    end = container.header_bytes(blob) - 4
+    head += blob[container._FIXED.size : end]
+    return head + struct.pack("<I", zlib.crc32(head)) + blob[end + 4 :]
+
+
+def test_forged_headers_with_valid_checksums_fail_cleanly(coded):
+    """Checksums only catch accidents; absurd counts or fields must still give a one-line error, not an allocation."""
+    prior, _, blob = coded
+    assert _forge(blob) == blob
+    for fields, msg in [
+        (dict(count=2**32 - 1), "claims 4294967295 images"),
+        (dict(height=0), "claims"),
+        (dict(steps=60000), "steps|schedule"),
+        (dict(boot_bytes=2**31), "bootstrap"),
+        (dict(tile=9), "inconsistent with its prior"),
+        (dict(count=3), "corrupted|desynchronized"),
+    ]:
+        with pytest.raises(ValueError, match=msg):
+            decompress(prior, _forge(blob, **fields))
 
 
 def test_desynchronized_decoder_fails_loudly(coded):

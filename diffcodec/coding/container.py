@@ -47,6 +47,7 @@ VERSION = 1
 _FIXED = struct.Struct("<3sB16sHBBBHIBHHHII8sBIIIBI")  # fields up to and including the names length
 _CRC = struct.Struct("<I")
 NAME_TEMPLATE, NAME_LIST = 0, 1
+MAX_PIXELS = 1 << 32  # decoded pixels a file may claim; a forged header must not make us allocate more
 _NAME_RE = re.compile(r"^(.*?)(\d+)(\D*)$")
 
 
@@ -140,6 +141,8 @@ def unpack(blob: bytes) -> tuple[Header, np.ndarray]:
     f = _FIXED.unpack_from(blob)
     (_, _, digest, steps, spacing, grid8, threads, max_batch, count, c, h, w, tile,
      seed_words, seed_crc, pixel_hash, boot_codec, boot_bytes, payload_words, payload_crc, kind, names_len) = f
+    if count == 0 or c == 0 or h == 0 or w == 0 or count * c * h * w > MAX_PIXELS:
+        raise ValueError(f"compressed file is corrupted (it claims {count} images of {c}x{h}x{w})")
     end = _FIXED.size + names_len
     if len(blob) < end + _CRC.size:
         raise ValueError("compressed file is truncated (incomplete header)")
