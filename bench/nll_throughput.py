@@ -6,13 +6,16 @@ is the reference ``calc_bpd_loop`` pattern: images in batches of ``--batch``, an
 network call on the batch under ``torch.no_grad``, terms from ``pair_terms``; it runs with torch's
 default thread count, and once more with one thread for reference. The nll path is
 ``diffcodec.likelihood.evaluate_nll`` at its defaults (groups of ``--batch`` images, several steps
-per network call, inference mode, one group per worker thread with one intra-op thread each). Rounds
-alternate between the paths so that background load hits all alike. Each path's best round is the
-headline (as timeit advises: slower rounds are other processes' doing), the median is recorded with
-the load average, since a busy 2-core machine slows code that splits every operation across threads
-(OpenMP barriers wait for descheduled threads) far more than independent workers.
+per network call, inference mode, one group per worker thread with one intra-op thread each). The
+network alone (fixed inputs, no terms, no noise; a few worker and batch layouts) gives the ceiling:
+every path makes one network evaluation per image-step, so ceiling / naive bounds the speed-up that
+any float32 nll path could reach over the naive loop. Rounds alternate between the paths so that
+background load hits all alike. Each path's best round is the headline (as timeit advises: slower
+rounds are other processes' doing), the median is recorded with the load average, since a busy
+2-core machine slows code that splits every operation across threads (OpenMP barriers wait for
+descheduled threads) far more than independent workers.
 
-    python bench/nll_throughput.py            # about a minute; writes bench/results/nll_throughput.{json,png}
+    python bench/nll_throughput.py            # about three minutes; writes bench/results/nll_throughput.{json,png}
 
 Prior: the embedded default (diffcodec/priors/default.safetensors) when present, otherwise a prior
 of the default configuration, PriorConfig(), with random weights (throughput does not depend on
@@ -29,6 +32,7 @@ import platform
 import statistics
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +88,45 @@ def nll_path(prior: Prior, pixels: torch.Tensor, schedule, batch: int, deadline:
     return np.concatenate(out), done
 
 
+def network_ceiling(prior: Prior, schedule, pairs: int, workers: int, deadline: float) -> int:
+    """The network alone, no terms and no noise: ``workers`` threads (sharing torch's threads) run
+    forward passes of ``pairs`` (image, step) inputs until ``deadline``. → image-steps done.
+
+    Every nll path must make one network evaluation per image-step, so this rate bounds any of them
+    (in float32, on this network) from above; the naive loop's rate over it bounds the possible gain.
+    """
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn((pairs, *prior.image_shape), generator=gen)
+    t = torch.as_tensor(schedule.timesteps)[torch.randint(0, schedule.num_steps, (pairs,), generator=gen)]
+
+    def work(_):
+        done = 0
+        with torch.inference_mode():
+            while time.perf_counter() <= deadline:
+                prior.net(x, t)
+                done += pairs
+        return done
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads // workers)
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            return sum(pool.map(work, range(workers)))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def flops_per_image_step(prior: Prior, schedule) -> float:
+    """Floating-point operations of one network evaluation (torch's FLOP counter: 2 per multiply-add)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros((1, *prior.image_shape))
+    t = torch.as_tensor(schedule.timesteps[:1])
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        prior.net(x, t)
+    return float(counter.get_total_flops())
+
+
 def one_thread(fn):
     def wrapped(*args, **kwargs):
         threads = torch.get_num_threads()
@@ -119,7 +162,7 @@ def cpu_name() -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--batches", type=int, nargs="+", default=[1, DEFAULT_BATCH], help="images per batch to compare at")
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, DEFAULT_BATCH], help="images per batch to compare at")
     ap.add_argument("--steps", type=int, default=24, help="K; throughput per image-step hardly depends on it")
     ap.add_argument("--seconds", type=float, default=2.0, help="time per measurement (stops after the call that passes it)")
     ap.add_argument("--rounds", type=int, default=6)
@@ -148,6 +191,9 @@ def main() -> None:
     for b in args.batches:
         paths[f"naive_loop/batch{b}"] = lambda d, b=b: naive_loop(prior, pixels, schedule, b, d)[1]
         paths[f"nll/batch{b}"] = lambda d, b=b: nll_path(prior, pixels, schedule, b, d)[1]
+    workers = torch.get_num_threads()
+    for pairs, w in [(DEFAULT_PAIRS_PER_CALL, workers), (128, workers), (128, 1)]:
+        paths[f"network_only/{w}x{workers // w}thread/pairs{pairs}"] = lambda d, p=pairs, w=w: network_ceiling(prior, schedule, p, w, d)
     b = args.batches[-1]
     paths[f"naive_loop_1_thread/batch{b}"] = one_thread(lambda d: naive_loop(prior, pixels, schedule, b, d)[1])
     rates = {name: [] for name in paths}
@@ -166,6 +212,8 @@ def main() -> None:
 
     median = {name: round(statistics.median(v), 2) for name, v in rates.items()}
     best = {name: round(max(v), 2) for name, v in rates.items()}
+    flops = flops_per_image_step(prior, schedule)
+    ceiling = max(v for name, v in best.items() if name.startswith("network_only"))
     record = {
         "benchmark": "nll throughput, image-steps per second (higher is better)",
         "command": "python bench/nll_throughput.py",
@@ -187,6 +235,11 @@ def main() -> None:
         "speedup": {f"batch{b}": round(best[f"nll/batch{b}"] / best[f"naive_loop/batch{b}"], 3) for b in args.batches},
         "speedup_median": {f"batch{b}": round(median[f"nll/batch{b}"] / median[f"naive_loop/batch{b}"], 3) for b in args.batches},
         "max_abs_diff_image_bpd": max_diff,
+        "network_gflop_per_image_step": round(flops / 1e9, 4),
+        "network_only_ceiling_image_steps_per_s": ceiling,
+        "network_only_ceiling_gflops": round(ceiling * flops / 1e9, 1),
+        "fraction_of_ceiling": {name: round(best[name] / ceiling, 3) for name in best},
+        "largest_possible_speedup": {f"batch{b}": round(ceiling / best[f"naive_loop/batch{b}"], 3) for b in args.batches},
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpu": cpu_name(),
@@ -198,7 +251,7 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n")
-    print(json.dumps({k: record[k] for k in ("best_image_steps_per_s", "speedup", "speedup_median", "max_abs_diff_image_bpd")}))
+    print(json.dumps({k: record[k] for k in ("best_image_steps_per_s", "speedup", "speedup_median", "largest_possible_speedup", "max_abs_diff_image_bpd")}))
     plot(record, args.out.with_suffix(".png"))
 
 
@@ -213,7 +266,7 @@ def plot(record: dict, path: Path) -> None:
         return
     names = list(record["best_image_steps_per_s"])
     values = [record["best_image_steps_per_s"][n] for n in names]
-    colors = ["#1f77b4" if n.startswith("nll") else "#999999" for n in names]
+    colors = ["#1f77b4" if n.startswith("nll") else "#2ca02c" if n.startswith("network") else "#999999" for n in names]
     fig, ax = plt.subplots(figsize=(7, 3.2))
     ax.bar([n.replace("/", "\n").replace("_", " ") for n in names], values, color=colors)
     for i, v in enumerate(values):

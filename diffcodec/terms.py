@@ -63,16 +63,25 @@ def pair_terms(prior: Prior, x0: torch.Tensor, k: torch.Tensor, noise: torch.Ten
 
 
 def step_nats_from_reverse(x0: torch.Tensor, x_t: torch.Tensor, k: torch.Tensor, rev: Reverse, tab: ScheduleTables) -> torch.Tensor:
-    """[N] nats: the decoder term −log p(x_0|x_1) where k = 0, else KL(q(x_k|x_{k+1}, x_0) ‖ p_θ) (0-based k)."""
+    """[N] nats: the decoder term −log p(x_0|x_1) where k = 0, else KL(q(x_k|x_{k+1}, x_0) ‖ p_θ) (0-based k).
+
+    Each pair gets only its own kind of term: the exact decoder (two normal CDFs per dimension in
+    float64) is evaluated on the k = 0 rows alone, the Gaussian KL on the others.
+    """
     dims = tuple(range(1, x0.dim()))
-
-    decoder = -discretized_gaussian_log_likelihood(x0, rev.mean, 0.5 * rev.log_variance).sum(dims)
-    c1, c2 = tab.gather("c1", k, x0), tab.gather("c2", k, x0)
-    q_mean = c1 * x0 + c2 * x_t
-    q_logvar = tab.gather("log_posterior_var", k, x0)
-    kl = normal_kl(q_mean, q_logvar.expand_as(x0), rev.mean, rev.log_variance).sum(dims)
-
-    return torch.where(k == 0, decoder, kl)
+    first = k == 0
+    rows = [first.nonzero().squeeze(1), (~first).nonzero().squeeze(1)]
+    out = x0.new_empty(len(k))
+    if len(rows[0]):
+        i = rows[0]
+        out[i] = -discretized_gaussian_log_likelihood(x0[i], rev.mean[i], 0.5 * rev.log_variance[i]).sum(dims)
+    if len(rows[1]):
+        i = rows[1]
+        ki, x0i = k[i], x0[i]
+        q_mean = tab.gather("c1", ki, x0i) * x0i + tab.gather("c2", ki, x0i) * x_t[i]
+        q_logvar = tab.gather("log_posterior_var", ki, x0i)
+        out[i] = normal_kl(q_mean, q_logvar.expand_as(x0i), rev.mean[i], rev.log_variance[i]).sum(dims)
+    return out
 
 
 @torch.no_grad()
