@@ -4,7 +4,7 @@ Measures on a prior (default: the embedded one) and a data set (default: Fashion
 
 - a chained stream of ``--num`` images (default 1,000) at the codec's default steps: real bits/dim of
   the file and of its payload (initial bits included), the VLB at the same steps on the same images
-  (terms.compute_terms, mean ± standard error), initial bits, overhead in percent; encode and decode
+  (likelihood.evaluate_nll, mean ± standard error), initial bits, overhead in percent; encode and decode
   seconds per image and the coder's share of the time beyond the network evaluations; the decode is
   checked bit-exact;
 - ``--single`` images (default 100) each compressed alone (header and initial bits included), against
@@ -24,6 +24,7 @@ import argparse
 import io
 import json
 import math
+import os
 import platform
 import time
 from pathlib import Path
@@ -33,11 +34,10 @@ import torch
 from PIL import Image
 
 from diffcodec.checkpoint import default_prior_path, load_prior
-from diffcodec.coding.lossless import DEFAULT_GRID, DEFAULT_MAX_BATCH, CodecParams, compress, decompress, pinned_threads
+from diffcodec.coding.lossless import DEFAULT_GRID, DEFAULT_MAX_BATCH, CodecParams, compress, decompress
 from diffcodec.data import load_images
 from diffcodec.defaults import CODEC_SPACING, CODEC_STEPS
-from diffcodec.terms import compute_terms
-from diffcodec.units import nats_to_bpd
+from diffcodec.likelihood import evaluate_nll
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -67,11 +67,12 @@ def classic_sizes(image: np.ndarray) -> dict[str, int]:
 def vlb(prior, images, schedule) -> tuple[torch.Tensor, float]:
     """(per-image VLB in bits/dim [N], Monte Carlo standard error of their mean).
 
-    Two independent noise draws per image: the mean of both is the estimate; the spread of their
-    difference measures the Monte Carlo error alone, the relevant error when real sizes of the *same*
-    images are compared with it (image-to-image variation is common to both)."""
+    Two independent noise draws per image (likelihood.evaluate_nll, exact estimator, seeds 0 and 1,
+    one worker per CPU core): the mean of both is the estimate; the spread of their difference
+    measures the Monte Carlo error alone, the relevant error when real sizes of the *same* images are
+    compared with it (image-to-image variation is common to both)."""
     draws = [
-        nats_to_bpd(compute_terms(prior, images, schedule, torch.Generator().manual_seed(s)).total_nats, prior.num_dims).double()
+        torch.from_numpy(evaluate_nll(prior, images, schedule, seed=s, workers=os.cpu_count()).image_bpd)
         for s in (0, 1)
     ]
     bpd = (draws[0] + draws[1]) / 2
@@ -85,8 +86,7 @@ def chained(prior, images, names, params) -> dict:
     out, _, dec = decompress(prior, blob, progress=True)
     assert np.array_equal(out, images), "decode is not bit-exact"
     dims = images.size
-    with pinned_threads(params.threads):  # unpinned multi-threading on a busy CPU is many times slower
-        per_image, mc = vlb(prior, images, prior.schedule(params.steps, params.spacing))
+    per_image, mc = vlb(prior, images, prior.schedule(params.steps, params.spacing))
     mean, se = float(per_image.mean()), float(per_image.std() / math.sqrt(len(per_image)))
     file_bpd = enc.file_bits / dims
     # The first image is the bootstrap (a WebP/PNG file at the bottom of the stack), so the chain proper
