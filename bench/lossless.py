@@ -16,6 +16,7 @@ Run (pause a background trainer for timing, resume it afterwards):
     pkill -STOP -f 'diffcodec train|train_default'; trap "pkill -CONT -f 'diffcodec train|train_default'" EXIT
     python bench/lossless.py                     # the full run
     python bench/lossless.py --num 200 --single 20   # a shorter run; the JSON records the sizes used
+    python bench/lossless.py --num 0 --out bench/results/lossless_single.json   # single images only
 """
 
 from __future__ import annotations
@@ -145,10 +146,11 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     c = result["chained"]
-    bars = {"VLB (same steps)": c["vlb_bits_per_dim"], f"diffcodec, {c['images']} chained": c["file_bits_per_dim"]}
+    bars = {"VLB (same steps)": c["vlb_bits_per_dim"], f"diffcodec, {c['images']} chained": c["file_bits_per_dim"]} if c else {}
     bars.update({f"{k}, single": v for k, v in result["single"]["bits_per_dim"].items()})
     fig, ax = plt.subplots(figsize=(8, 4))
-    ax.barh(list(bars), list(bars.values()), color=["#888"] + ["#c44"] * 2 + ["#48c"] * (len(bars) - 2))
+    colors = (["#888", "#c44"] if c else []) + ["#c44"] + ["#48c"] * (len(result["single"]["bits_per_dim"]) - 1)
+    ax.barh(list(bars), list(bars.values()), color=colors)
     for y, v in enumerate(bars.values()):
         ax.text(v, y, f" {v:.3f}", va="center")
     ax.invert_yaxis()
@@ -162,7 +164,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--prior", default=None, help="prior file (default: the embedded one)")
     ap.add_argument("--data", default="fashion-mnist:test")
-    ap.add_argument("--num", type=int, default=1000, help="images in the chained stream")
+    ap.add_argument("--num", type=int, default=1000, help="images in the chained stream (0: single images only)")
     ap.add_argument("--single", type=int, default=100, help="images compressed one file each")
     ap.add_argument("--steps", type=int, default=CODEC_STEPS)
     ap.add_argument("--spacing", default=CODEC_SPACING.value)
@@ -187,7 +189,7 @@ def main() -> None:
         "threads": params.threads,
         "max_batch": params.max_batch,
         "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
-        "chained": chained(prior, data.images[: args.num], data.names[: args.num], params),
+        "chained": chained(prior, data.images[: args.num], data.names[: args.num], params) if args.num else None,
         "single": singles(prior, data.images[: args.single], params),
         "full_run": args.num >= 1000,
     }

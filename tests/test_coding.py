@@ -157,6 +157,9 @@ def test_single_tile_costs_its_bootstrap_file_plus_header(tiny_prior):
     codec, boot = lossless.bootstrap(image[0])
     assert st.bootstrap_bits == 8 * len(boot)
     assert st.payload_bits == 32 * (-(-len(boot) // 4) + 1) and st.initial_bits == 32
+    assert st.header_bits == 8 * (12 + 16 + len("one.png") + 8 + 4)  # magic+version+digest, varints, name, hash, CRC
+    if codec == lossless.BOOT_WEBP:  # the RIFF wrapper is not stored: smaller than the WebP file itself
+        assert len(boot) == len(lossless._webp_file(boot)) - 20 - len(boot) % 2
     assert np.array_equal(decompress(tiny_prior, blob)[0], image)
 
 
@@ -190,8 +193,10 @@ def test_truncated_corrupted_and_wrong_prior_files_fail_cleanly(coded):
         (blob[:-3], "truncated"),
         (b"PNG" + blob[3:], "not a diffcodec"),
         (blob + b"\0", "extra bytes"),
-        (blob[:-1] + bytes([blob[-1] ^ 1]), "payload checksum"),
-        (blob[:30] + bytes([blob[30] ^ 1]) + blob[31:], "header checksum"),
+        (blob[:-1] + bytes([blob[-1] ^ 1]), "checksum mismatch"),
+        (blob[:-9] + bytes([blob[-9] ^ 1]) + blob[-8:], "checksum mismatch"),
+        (blob[:14] + bytes([blob[14] ^ 1]) + blob[15:], "checksum mismatch|truncated|extra bytes|claims"),
+        (blob[:4] + bytes([blob[4] ^ 1]) + blob[5:], "checksum mismatch"),
     ]:
         with pytest.raises(ValueError, match=msg):
             decompress(prior, bad)
@@ -202,15 +207,14 @@ def test_truncated_corrupted_and_wrong_prior_files_fail_cleanly(coded):
 
 
 def _forge(blob: bytes, **fields) -> bytes:
-    """The file with some fixed header fields replaced and every checksum recomputed (a hostile file)."""
-    names = ("magic version digest steps spacing grid threads batch count channels height width tile "
-             "seed_words seed_crc pixel_hash boot_codec boot_bytes payload_words payload_crc kind names_len").split()
-    values = dict(zip(names, container._FIXED.unpack_from(blob)))
-    values.update(fields)
-    head = container._FIXED.pack(*values.values())
-    end = container.header_bytes(blob) - 4
-    head += blob[container._FIXED.size : end]
-    return head + struct.pack("<I", zlib.crc32(head)) + blob[end + 4 :]
+    """The file with some header fields replaced and its checksum recomputed (a hostile file)."""
+    header, payload = container.unpack(blob)
+    values = {f: getattr(header, f) for f in container._VARINT_FIELDS} | fields
+    kind, body = container._encode_names(header.names)
+    counts = [*values.values(), len(payload), kind, len(body)]
+    out = blob[: 4 + container.DIGEST_BYTES] + b"".join(container._varint(v) for v in counts)
+    out += body + header.pixel_hash + payload.astype("<u4").tobytes()
+    return out + struct.pack("<I", zlib.crc32(out))
 
 
 def test_forged_headers_with_valid_checksums_fail_cleanly(coded):

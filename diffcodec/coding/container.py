@@ -1,36 +1,32 @@
-"""The lossless file format (``diffcodec compress``): a small little-endian header, then the ANS words.
+"""The lossless file format (``diffcodec compress``): a compact little-endian header, then the ANS words.
 
-Layout (all integers little-endian)::
+A 28×28 image costs a few hundred bytes, so the header is kept small: fixed-width fields only where
+they must be (magic, version, digest, hashes), every count an unsigned LEB128 varint (one byte below
+128, two below 16,384). Layout::
 
-    offset  size  field
-    0       3     magic b"DCL"
-    3       1     format version (1)
-    4       16    prior digest (first 16 bytes of the SHA-256 recorded in the prior file)
-    20      2     steps K                      22  1  spacing (0 even, 1 front)
-    23      1     grid G in eighths            24  1  torch threads used for the network
-    25      2     largest batch of tiles       27  4  number of images N
-    31      1     channels C                   32  2  height H     34  2  width W
-    36      2     tile size (the prior's)      38  4  seed words kept (initial bits / 32, incl. seal)
-    42      4     CRC-32 of the kept seed      46  8  SHA-256 prefix of the decoded pixels
-    54      1     bootstrap codec of tile 0 (0 none, 1 WebP lossless, 2 PNG)
-    55      4     bootstrap bytes (its length; its words sit at the top of the seed)
-    59      4     payload words                63  4  CRC-32 of the payload bytes
-    67      1     names kind (0 template, 1 zlib list)   68  4  names length L
-    72      L     names
-    72+L    4     CRC-32 of all header bytes before it
-    76+L    4·W   payload: the ANS stack bottom first, uint32 words
+    magic b"DCL" (3) · format version 2 (1) · prior digest, first 8 bytes of its SHA-256 (8)
+    varints: steps K, spacing (0 even, 1 front), grid G in eighths, torch threads, largest batch,
+             images N, channels C, height H, width W, tile size (the prior's), seed words (incl. seal),
+             bootstrap codec of tile 0 (1 WebP lossless as a bare VP8L stream, 2 PNG),
+             bootstrap bytes, payload words, names kind (0 template, 1 zlib list, 2 plain list),
+             names length L
+    names (L) · SHA-256 prefix of the decoded pixels (8) · payload: 4·(payload words), the ANS stack
+    bottom first, uint32 · CRC-32 of every byte before it (4)
 
-Stack order of the payload: see coding.bitsback (one Bit-Swap chain per batch of tiles, batches pushed
-in order and popped in reverse). Round trip (a test executes this)::
+The CRC covers the whole file, so any truncation or flipped bit is caught before decoding; the pixel
+hash catches a decoder that desynchronized (another prior under the same digest prefix, other
+float arithmetic). Stack order of the payload: see coding.bitsback (one Bit-Swap chain per batch of
+tiles, batches pushed in order and popped in reverse). Round trip (a test executes this)::
 
     >>> import numpy as np
-    >>> h = Header(prior_digest="ab" * 16, steps=10, spacing=1, grid_eighths=24, threads=1,
+    >>> h = Header(prior_digest="ab" * 32, steps=10, spacing=1, grid_eighths=24, threads=1,
     ...            max_batch=8, count=2, channels=1, height=8, width=8, tile=8, seed_words=3,
-    ...            seed_crc=0, pixel_hash=b"\\0" * 8, names=["a-01.png", "a-02.png"])
+    ...            pixel_hash=b"\\0" * 8, boot_codec=1, boot_bytes=5, names=["a-01.png", "a-02.png"])
     >>> words = np.arange(5, dtype=np.uint32)
-    >>> h2, w2 = unpack(pack(h, words))
-    >>> h2 == h, bool((w2 == words).all())
-    (True, True)
+    >>> blob = pack(h, words)
+    >>> h2, w2 = unpack(blob)
+    >>> h2 == h, bool((w2 == words).all()), len(blob) - 4 * len(words)
+    (True, True, 51)
 """
 
 from __future__ import annotations
@@ -43,17 +39,19 @@ from dataclasses import dataclass, field
 import numpy as np
 
 MAGIC = b"DCL"
-VERSION = 1
-_FIXED = struct.Struct("<3sB16sHBBBHIBHHHII8sBIIIBI")  # fields up to and including the names length
-_CRC = struct.Struct("<I")
-NAME_TEMPLATE, NAME_LIST = 0, 1
+VERSION = 2
+DIGEST_BYTES = 8
+HASH_BYTES = 8
 MAX_PIXELS = 1 << 32  # decoded pixels a file may claim; a forged header must not make us allocate more
+NAME_TEMPLATE, NAME_ZLIB, NAME_PLAIN = 0, 1, 2
 _NAME_RE = re.compile(r"^(.*?)(\d+)(\D*)$")
+_VARINT_FIELDS = ("steps", "spacing", "grid_eighths", "threads", "max_batch", "count", "channels", "height",
+                  "width", "tile", "seed_words", "boot_codec", "boot_bytes")
 
 
 @dataclass(frozen=True)
 class Header:
-    prior_digest: str  # hex; the first 16 bytes are stored (unpack returns those 32 hex digits)
+    prior_digest: str  # hex; the first DIGEST_BYTES bytes are stored (unpack returns those)
     steps: int
     spacing: int  # 0 even, 1 front
     grid_eighths: int  # G = grid_eighths / 8
@@ -64,29 +62,63 @@ class Header:
     height: int
     width: int
     tile: int  # the prior's image size; images are coded as tiles of tile×tile
-    seed_words: int
-    seed_crc: int
-    pixel_hash: bytes  # 8 bytes
-    boot_codec: int = 0  # how tile 0 was coded into the seed (0: not at all, random seed)
-    boot_bytes: int = 0
+    seed_words: int  # words under the chains: bootstrap, pseudo-random top-up, seal
+    pixel_hash: bytes  # HASH_BYTES bytes
+    boot_codec: int  # how tile 0 was coded into the seed
+    boot_bytes: int
     names: list[str] = field(default_factory=list)
     payload_words: int = field(default=0, compare=False)  # filled in by unpack
-    payload_crc: int = field(default=0, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "prior_digest", self.prior_digest[: 2 * DIGEST_BYTES])
 
     def matches_prior(self, digest: str) -> bool:
-        return bytes.fromhex(digest)[:16] == bytes.fromhex(self.prior_digest)[:16]
+        return bytes.fromhex(digest)[:DIGEST_BYTES] == bytes.fromhex(self.prior_digest)[:DIGEST_BYTES]
+
+
+def _varint(n: int) -> bytes:
+    if n < 0:
+        raise ValueError(f"header field must be >= 0, got {n}")
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+class _Reader:
+    def __init__(self, blob: bytes, pos: int):
+        self.blob, self.pos = blob, pos
+
+    def take(self, n: int) -> bytes:
+        if self.pos + n > len(self.blob):
+            raise ValueError("compressed file is truncated (incomplete header)")
+        self.pos += n
+        return self.blob[self.pos - n : self.pos]
+
+    def varint(self) -> int:
+        value = 0
+        for shift in range(0, 64, 7):
+            byte = self.take(1)[0]
+            value |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                return value
+        raise ValueError("compressed file is corrupted (overlong header field)")
 
 
 def _encode_names(names: list[str]) -> tuple[int, bytes]:
-    """Consecutively numbered names (x-00000.png, x-00001.png, …) as a template, else a zlib list."""
+    """Consecutively numbered names (x-00000.png, x-00001.png, …) as a template, else the shorter of a
+    plain and a zlib-compressed list."""
     m = _NAME_RE.match(names[0]) if names else None
     if m and len(names) > 1:
         prefix, digits, suffix = m.groups()
         start, width = int(digits), len(digits)
         if all(n == f"{prefix}{start + i:0{width}d}{suffix}" for i, n in enumerate(names)):
-            body = "\0".join([prefix, suffix, str(start), str(width)]).encode()
-            return NAME_TEMPLATE, body
-    return NAME_LIST, zlib.compress("\n".join(names).encode(), 9)
+            return NAME_TEMPLATE, "\0".join([prefix, suffix, str(start), str(width)]).encode()
+    plain = "\n".join(names).encode()
+    packed = zlib.compress(plain, 9)
+    return (NAME_ZLIB, packed) if len(packed) < len(plain) else (NAME_PLAIN, plain)
 
 
 def _decode_names(kind: int, body: bytes, count: int) -> list[str]:
@@ -95,8 +127,8 @@ def _decode_names(kind: int, body: bytes, count: int) -> list[str]:
             prefix, suffix, start, width = body.decode().split("\0")
             start, width = int(start), int(width)
             return [f"{prefix}{start + i:0{width}d}{suffix}" for i in range(count)]
-        if kind == NAME_LIST:
-            names = zlib.decompress(body).decode().split("\n")
+        if kind in (NAME_ZLIB, NAME_PLAIN):
+            names = (zlib.decompress(body) if kind == NAME_ZLIB else body).decode().split("\n")
             if len(names) == count:
                 return names
     except (ValueError, zlib.error, UnicodeDecodeError):
@@ -118,16 +150,13 @@ def pack(header: Header, payload: np.ndarray) -> bytes:
         check_name(n)
     if len(header.names) != header.count:
         raise ValueError("one name per image is required")
+    if len(header.pixel_hash) != HASH_BYTES:
+        raise ValueError(f"pixel hash must be {HASH_BYTES} bytes")
     kind, body = _encode_names(header.names)
-    data = payload.tobytes()
-    fixed = _FIXED.pack(
-        MAGIC, VERSION, bytes.fromhex(header.prior_digest)[:16], header.steps, header.spacing,
-        header.grid_eighths, header.threads, header.max_batch, header.count, header.channels,
-        header.height, header.width, header.tile, header.seed_words, header.seed_crc, header.pixel_hash,
-        header.boot_codec, header.boot_bytes, len(payload), zlib.crc32(data), kind, len(body),
-    )
-    head = fixed + body
-    return head + _CRC.pack(zlib.crc32(head)) + data
+    fields = [getattr(header, f) for f in _VARINT_FIELDS] + [len(payload), kind, len(body)]
+    out = MAGIC + bytes([VERSION]) + bytes.fromhex(header.prior_digest)[:DIGEST_BYTES]
+    out += b"".join(_varint(v) for v in fields) + body + header.pixel_hash + payload.tobytes()
+    return out + struct.pack("<I", zlib.crc32(out))
 
 
 def unpack(blob: bytes) -> tuple[Header, np.ndarray]:
@@ -136,35 +165,26 @@ def unpack(blob: bytes) -> tuple[Header, np.ndarray]:
         raise ValueError("not a diffcodec compressed file (bad magic)")
     if blob[3] != VERSION:
         raise ValueError(f"unsupported diffcodec file version {blob[3]} (this diffcodec reads version {VERSION})")
-    if len(blob) < _FIXED.size:
-        raise ValueError("compressed file is truncated (incomplete header)")
-    f = _FIXED.unpack_from(blob)
-    (_, _, digest, steps, spacing, grid8, threads, max_batch, count, c, h, w, tile,
-     seed_words, seed_crc, pixel_hash, boot_codec, boot_bytes, payload_words, payload_crc, kind, names_len) = f
-    if count == 0 or c == 0 or h == 0 or w == 0 or count * c * h * w > MAX_PIXELS:
-        raise ValueError(f"compressed file is corrupted (it claims {count} images of {c}x{h}x{w})")
-    end = _FIXED.size + names_len
-    if len(blob) < end + _CRC.size:
-        raise ValueError("compressed file is truncated (incomplete header)")
-    if _CRC.unpack_from(blob, end)[0] != zlib.crc32(blob[:end]):
-        raise ValueError("compressed file is corrupted (header checksum mismatch)")
-    data = blob[end + _CRC.size :]
-    if len(data) != 4 * payload_words:
-        what = "truncated" if len(data) < 4 * payload_words else "followed by extra bytes"
-        raise ValueError(f"compressed file is {what} ({len(data)} payload bytes, expected {4 * payload_words})")
-    if zlib.crc32(data) != payload_crc:
-        raise ValueError("compressed file is corrupted (payload checksum mismatch)")
-    names = [check_name(n) for n in _decode_names(kind, blob[_FIXED.size : end], count)]
-    header = Header(
-        prior_digest=digest.hex(), steps=steps, spacing=spacing, grid_eighths=grid8, threads=threads,
-        max_batch=max_batch, count=count, channels=c, height=h, width=w, tile=tile, seed_words=seed_words,
-        seed_crc=seed_crc, pixel_hash=pixel_hash, boot_codec=boot_codec, boot_bytes=boot_bytes, names=names, payload_words=payload_words,
-        payload_crc=payload_crc,
-    )
+    r = _Reader(blob, 4)
+    digest = r.take(DIGEST_BYTES)
+    values = {f: r.varint() for f in _VARINT_FIELDS}
+    payload_words, kind, names_len = r.varint(), r.varint(), r.varint()
+    n, c, h, w = (values[f] for f in ("count", "channels", "height", "width"))
+    if min(n, c, h, w) == 0 or n * c * h * w > MAX_PIXELS:
+        raise ValueError(f"compressed file is corrupted (it claims {n} images of {c}x{h}x{w})")
+    expected = r.pos + names_len + HASH_BYTES + 4 * payload_words + 4
+    if len(blob) != expected:
+        what = "truncated" if len(blob) < expected else "followed by extra bytes"
+        raise ValueError(f"compressed file is {what} ({len(blob)} bytes, its header says {expected})")
+    if struct.unpack_from("<I", blob, len(blob) - 4)[0] != zlib.crc32(blob[:-4]):
+        raise ValueError("compressed file is corrupted (checksum mismatch)")
+    names = [check_name(x) for x in _decode_names(kind, r.take(names_len), n)]
+    pixel_hash = r.take(HASH_BYTES)
+    data = r.take(4 * payload_words)
+    header = Header(prior_digest=digest.hex(), **values, pixel_hash=pixel_hash, names=names, payload_words=payload_words)
     return header, np.frombuffer(data, dtype="<u4").astype(np.uint32)
 
 
 def header_bytes(blob: bytes) -> int:
-    """Size of the header of a packed file (everything before the payload)."""
-    names_len = _FIXED.unpack_from(blob)[-1]
-    return _FIXED.size + names_len + _CRC.size
+    """Bytes of a packed file that are not payload words (header, names, hashes, checksum)."""
+    return len(blob) - 4 * unpack(blob)[0].payload_words

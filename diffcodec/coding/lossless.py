@@ -1,12 +1,13 @@
 """Lossless compression of image sets with a diffusion prior: tiles → batches → bits-back → file.
 
-Stack order of a file: the seed at the bottom is tile 0 coded by a cheap classic codec (WebP lossless,
-or PNG if smaller: "bootstrapping"), topped up from below with pseudo-random words when the first
+Stack order of a file: the seed at the bottom is tile 0 coded by a cheap classic codec (WebP lossless
+as a bare VP8L stream whose 20-byte RIFF wrapper the decoder rebuilds, or PNG if smaller:
+"bootstrapping"), topped up from below with pseudo-random words when the first
 pops need more; then the encoder pushes batch 1, batch 2, … of the remaining tiles, each batch one
 Bit-Swap chain (coding.bitsback); the decoder pops the last batch first and finally finds tile 0's
 classic file as the seed. Batch sizes grow (1, 1, 1, 1, 2, 3, 4, 6, …, up to ``max_batch``): each
 batch mostly pops bits that earlier batches pushed, so the initial bits (paid once per file) are
-about one tile's need, and a file of one tile is the classic file plus the header. Random seed words
+about one tile's need, and a file of one tile is the classic stream plus the header (about 45 bytes). Random seed words
 that no pop reached are trimmed from the bottom before writing.
 
 Determinism: encoder and decoder evaluate the network on identical batches (same tiles, same order),
@@ -40,7 +41,6 @@ import hashlib
 import io
 import math
 import time
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -169,23 +169,33 @@ class _Network:
         return out
 
 
-BOOT_NONE, BOOT_WEBP, BOOT_PNG = 0, 1, 2
+BOOT_WEBP, BOOT_PNG = 1, 2  # bootstrap codecs of tile 0: WebP lossless (a bare VP8L stream), PNG
 
 
 def _classic(tile: np.ndarray, codec: int) -> bytes:
+    """Tile [C, t, t] → bytes of ``codec``; for WebP only the VP8L stream, without the 20-byte RIFF wrapper."""
     arr = tile[0] if tile.shape[0] == 1 else tile.transpose(1, 2, 0)
     buf = io.BytesIO()
     if codec == BOOT_WEBP:
         Image.fromarray(arr).save(buf, format="WEBP", lossless=True, quality=100, method=6)
-    else:
-        Image.fromarray(arr).save(buf, format="PNG", optimize=True)
+        data = buf.getvalue()
+        if data[:4] != b"RIFF" or data[8:16] != b"WEBPVP8L":  # an extended file (VP8X): not expected here
+            raise KeyError("WebP encoder wrote an extended file")
+        return data[20 : 20 + int.from_bytes(data[16:20], "little")]
+    Image.fromarray(arr).save(buf, format="PNG", optimize=True)
     return buf.getvalue()
 
 
-def _unclassic(data: bytes, shape: tuple[int, int, int]) -> np.ndarray:
+def _webp_file(vp8l: bytes) -> bytes:
+    """The simple-format WebP file around a VP8L stream (RIFF chunks are padded to even sizes)."""
+    chunk = b"VP8L" + len(vp8l).to_bytes(4, "little") + vp8l + b"\0" * (len(vp8l) % 2)
+    return b"RIFF" + (4 + len(chunk)).to_bytes(4, "little") + b"WEBP" + chunk
+
+
+def _unclassic(data: bytes, codec: int, shape: tuple[int, int, int]) -> np.ndarray:
     """Decode a bootstrap tile; ValueError on anything but a [C, t, t] uint8 image."""
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(io.BytesIO(_webp_file(data) if codec == BOOT_WEBP else data)) as im:
             arr = np.asarray(im.convert("L" if shape[0] == 1 else "RGB"), dtype=np.uint8)
     except (OSError, ValueError):
         raise ValueError("decoding desynchronized (the bootstrap tile is unreadable); no images written") from None
@@ -203,7 +213,7 @@ def bootstrap(tile: np.ndarray) -> tuple[int, bytes]:
             data = _classic(tile, codec)
         except (OSError, KeyError):  # a Pillow build without WebP
             continue
-        if np.array_equal(_unclassic(data, tile.shape), tile) and (best is None or len(data) < len(best[1])):
+        if np.array_equal(_unclassic(data, codec, tile.shape), tile) and (best is None or len(data) < len(best[1])):
             best = (codec, data)
     if best is None:
         raise ValueError("no exact classic codec available for the bootstrap tile")
@@ -256,8 +266,7 @@ def compress(prior: Prior, images, names: list[str], params: CodecParams = Codec
         prior_digest=prior.digest, steps=params.steps, spacing=_SPACINGS.index(params.spacing),
         grid_eighths=round(params.grid * 8), threads=params.threads, max_batch=params.max_batch, count=n,
         channels=c, height=h, width=w, tile=prior.image_shape[1], seed_words=len(seed) + 1,
-        seed_crc=zlib.crc32(seed.astype("<u4").tobytes()), pixel_hash=pixel_hash(images), boot_codec=boot_codec,
-        boot_bytes=len(boot), names=list(names),
+        pixel_hash=pixel_hash(images), boot_codec=boot_codec, boot_bytes=len(boot), names=list(names),
     )
     blob = pack(header, payload)
     stats = CodecStats(
@@ -303,10 +312,10 @@ def decompress(prior: Prior, blob: bytes, progress: bool = False):
             tiles[end - n : end] = decode_batch(stack, grid, net, (n, c, size, size))
             end -= n
     seed = stack.words(unseal=True)
-    if len(seed) + 1 != header.seed_words or zlib.crc32(seed.astype("<u4").tobytes()) != header.seed_crc:
+    if len(seed) + 1 != header.seed_words:
         raise ValueError("decoding desynchronized (the seed did not come back); no images written")
     boot = seed[len(seed) - boot_words :].astype("<u4").tobytes()[: header.boot_bytes]
-    tiles[0] = _unclassic(boot, (c, size, size))
+    tiles[0] = _unclassic(boot, header.boot_codec, (c, size, size))
     images = from_tiles(tiles, header.count, header.height, header.width)
     if pixel_hash(images) != header.pixel_hash:
         raise ValueError("decoding desynchronized (decoded pixels fail their checksum); no images written")
