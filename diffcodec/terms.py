@@ -69,17 +69,16 @@ def step_nats_from_reverse(x0: torch.Tensor, x_t: torch.Tensor, k: torch.Tensor,
     float64) is evaluated on the k = 0 rows alone, the Gaussian KL on the others.
     """
     dims = tuple(range(1, x0.dim()))
-    first = k == 0
-    rows = [first.nonzero().squeeze(1), (~first).nonzero().squeeze(1)]
+    decoder_rows = (k == 0).nonzero().squeeze(1)
+    kl_rows = (k != 0).nonzero().squeeze(1)
     out = x0.new_empty(len(k))
-    if len(rows[0]):
-        i = rows[0]
+    if len(decoder_rows):
+        i = decoder_rows
         out[i] = -discretized_gaussian_log_likelihood(x0[i], rev.mean[i], 0.5 * rev.log_variance[i]).sum(dims)
-    if len(rows[1]):
-        i = rows[1]
-        ki, x0i = k[i], x0[i]
-        q_mean = tab.gather("c1", ki, x0i) * x0i + tab.gather("c2", ki, x0i) * x_t[i]
-        q_logvar = tab.gather("log_posterior_var", ki, x0i)
+    if len(kl_rows):
+        i, x0i = kl_rows, x0[kl_rows]
+        q_mean = tab.gather("c1", k[i], x0i) * x0i + tab.gather("c2", k[i], x0i) * x_t[i]
+        q_logvar = tab.gather("log_posterior_var", k[i], x0i)
         out[i] = normal_kl(q_mean, q_logvar.expand_as(x0i), rev.mean[i], rev.log_variance[i]).sum(dims)
     return out
 

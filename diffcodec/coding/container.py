@@ -184,7 +184,3 @@ def unpack(blob: bytes) -> tuple[Header, np.ndarray]:
     header = Header(prior_digest=digest.hex(), **values, pixel_hash=pixel_hash, names=names, payload_words=payload_words)
     return header, np.frombuffer(data, dtype="<u4").astype(np.uint32)
 
-
-def header_bytes(blob: bytes) -> int:
-    """Bytes of a packed file that are not payload words (header, names, hashes, checksum)."""
-    return len(blob) - 4 * unpack(blob)[0].payload_words

@@ -2,13 +2,13 @@
 
 Stack order of a file: the seed at the bottom is tile 0 coded by a cheap classic codec (WebP lossless
 as a bare VP8L stream whose 20-byte RIFF wrapper the decoder rebuilds, or PNG if smaller:
-"bootstrapping"), topped up from below with pseudo-random words when the first
-pops need more; then the encoder pushes batch 1, batch 2, … of the remaining tiles, each batch one
-Bit-Swap chain (coding.bitsback); the decoder pops the last batch first and finally finds tile 0's
+"bootstrapping"), topped up from below with pseudo-random words when the first pops need more;
+then the encoder pushes batch 1, batch 2, … of the remaining tiles, each batch one Bit-Swap chain
+(coding.bitsback); the decoder pops the last batch first and finally finds tile 0's
 classic file as the seed. Batch sizes grow (1, 1, 1, 1, 2, 3, 4, 6, …, up to ``max_batch``): each
 batch mostly pops bits that earlier batches pushed, so the initial bits (paid once per file) are
-about one tile's need, and a file of one tile is the classic stream plus the header (about 45 bytes). Random seed words
-that no pop reached are trimmed from the bottom before writing.
+about one tile's need, and a file of one tile is the classic stream plus the header (about 45
+bytes). Random seed words that no pop reached are trimmed from the bottom before writing.
 
 Determinism: encoder and decoder evaluate the network on identical batches (same tiles, same order),
 with the torch thread count pinned to the value recorded in the file (CPU kernels give thread-count
