@@ -1,0 +1,187 @@
+"""The progressive file format (``diffcodec encode``): a small header, a bit stream, a CRC.
+
+A 28×28 file is a few hundred bytes, so every count is an unsigned LEB128 varint. Layout::
+
+    magic b"DCP" (3) · format version 1 (1) · prior digest, first 4 bytes of its SHA-256 (4)
+    varints: steps K, spacing (0 even, 1 front), chunk size κ in quarter bits, torch threads,
+             tiles per network call, channels C, height H, width W, tile size (the prior's),
+             stop (reverse steps in the file; K = the exact image), total file bytes
+    CRC-16 (CCITT) of the header bytes before it (2)
+    body: the step stream and, when stop = K, x_0's range-coded words (coding.progressive)
+    CRC-32 of every byte before it followed by the decoded pixels [C, H, W] uint8 (4)
+
+The total length in the header tells a truncated file (shorter: decode its complete steps, say it is
+partial) from a corrupted one (the right length but a CRC mismatch: an error); the header CRC keeps
+a cut file from being decoded under a damaged header; the final CRC covers the pixels the file
+decodes to, so a decoder that desynchronizes fails loudly instead of showing a wrong image.
+Round trip (a test executes this)::
+
+    >>> import numpy as np
+    >>> h = Header(prior_digest="ab" * 32, steps=100, spacing=1, chunk_quarters=32, threads=1, max_batch=64,
+    ...            channels=1, height=28, width=28, tile=28, stop=100, total_bytes=0)
+    >>> pixels = np.zeros((1, 28, 28), np.uint8)
+    >>> blob = pack(h, b"body", pixels)
+    >>> h2, body, complete = unpack(blob)
+    >>> (h2.steps, h2.stop, body, complete, verify(blob, pixels), len(blob))
+    (100, 100, b'body', True, True, 29)
+    >>> unpack(blob[:-4])[1:]                      # a cut file: the body so far, not complete
+    (b'body', False)
+"""
+
+from __future__ import annotations
+
+import binascii
+import dataclasses
+import struct
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+MAGIC = b"DCP"
+VERSION = 1
+DIGEST_BYTES = 4
+MAX_DIMS = 1 << 26  # pixels × channels a file may claim (the decoder holds float64 latents of this size)
+MAX_STEPS = 100_000
+_FIELDS = ("steps", "spacing", "chunk_quarters", "threads", "max_batch", "channels", "height", "width", "tile",
+           "stop", "total_bytes")
+
+
+@dataclass(frozen=True)
+class Header:
+    prior_digest: str  # hex; the first DIGEST_BYTES bytes are stored
+    steps: int
+    spacing: int
+    chunk_quarters: int
+    threads: int
+    max_batch: int
+    channels: int
+    height: int
+    width: int
+    tile: int
+    stop: int
+    total_bytes: int
+
+    def __post_init__(self):
+        object.__setattr__(self, "prior_digest", self.prior_digest[: 2 * DIGEST_BYTES])
+
+    def matches_prior(self, digest: str) -> bool:
+        return digest[: 2 * DIGEST_BYTES] == self.prior_digest
+
+
+def replace(header: Header, **changes) -> Header:
+    return dataclasses.replace(header, **changes)
+
+
+def _varint(n: int) -> bytes:
+    if n < 0:
+        raise ValueError(f"header field must be >= 0, got {n}")
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _header_bytes(h: Header) -> bytes:
+    out = MAGIC + bytes([VERSION]) + bytes.fromhex(h.prior_digest)[:DIGEST_BYTES]
+    out += b"".join(_varint(getattr(h, f)) for f in _FIELDS)
+    return out + struct.pack("<H", binascii.crc_hqx(out, 0xFFFF))
+
+
+def _sized(header: Header, body_len: int) -> bytes:
+    """Header bytes with total_bytes set to the length of the whole file (a fixed point: the varint's size counts)."""
+    total = 0
+    for _ in range(4):
+        hb = _header_bytes(replace(header, total_bytes=total))
+        if len(hb) + body_len + 4 == total:
+            return hb
+        total = len(hb) + body_len + 4
+    return _header_bytes(replace(header, total_bytes=total))
+
+
+def file_bytes(header: Header, stream_bits: int) -> int:
+    """Size of a file with this header whose body is ``stream_bits`` bits (padded to bytes)."""
+    body = -(-stream_bits // 8)
+    return len(_sized(header, body)) + body + 4
+
+
+def _pixel_bytes(pixels: np.ndarray) -> bytes:
+    return str(list(pixels.shape)).encode() + np.ascontiguousarray(pixels, dtype=np.uint8).tobytes()
+
+
+def pack(header: Header, body: bytes, pixels: np.ndarray) -> bytes:
+    """Header + body + CRC-32 over both and over the pixels the file decodes to."""
+    out = _sized(header, len(body)) + body
+    return out + struct.pack("<I", zlib.crc32(_pixel_bytes(pixels), zlib.crc32(out)))
+
+
+def verify(blob: bytes, pixels: np.ndarray) -> bool:
+    """Whether a complete file's CRC matches its bytes and the pixels decoded from it."""
+    return struct.unpack_from("<I", blob, len(blob) - 4)[0] == zlib.crc32(_pixel_bytes(pixels), zlib.crc32(blob[:-4]))
+
+
+def unpack(blob: bytes) -> tuple[Header, bytes, bool]:
+    """File bytes (or a prefix) → (Header, body so far, complete). ValueError for anything else."""
+    if blob[:3] == b"DCL":
+        raise ValueError("this is a lossless file from `diffcodec compress`; decode it with `diffcodec decompress`")
+    if len(blob) < 4 or blob[:3] != MAGIC:
+        raise ValueError("not a diffcodec progressive file (bad magic)" if len(blob) >= 3 or not MAGIC.startswith(blob)
+                         else "progressive file is truncated inside its header")
+    if blob[3] != VERSION:
+        raise ValueError(f"unsupported progressive file version {blob[3]} (this diffcodec reads version {VERSION})")
+    pos, values = 4 + DIGEST_BYTES, {}
+    try:
+        for f in _FIELDS:
+            values[f], pos = _read_varint(blob, pos)
+        (crc,) = struct.unpack_from("<H", blob, pos)
+    except (IndexError, struct.error):
+        raise ValueError(f"progressive file is truncated inside its header ({len(blob)} bytes)") from None
+    if crc != binascii.crc_hqx(blob[:pos], 0xFFFF):
+        raise ValueError("progressive file is corrupted (header checksum mismatch)")
+    header = Header(prior_digest=blob[4 : 4 + DIGEST_BYTES].hex(), **values)
+    _check_fields(header)
+    start = pos + 2
+    if header.total_bytes < start + 4:
+        raise ValueError("progressive file is corrupted (impossible length in its header)")
+    if len(blob) > header.total_bytes:
+        raise ValueError(f"progressive file is followed by extra bytes ({len(blob)} bytes, its header says {header.total_bytes})")
+    if len(blob) == header.total_bytes:
+        return header, blob[start:-4], True
+    return header, blob[start:], False
+
+
+def _read_varint(blob: bytes, pos: int) -> tuple[int, int]:
+    value = 0
+    for shift in range(0, 63, 7):
+        byte = blob[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+    raise ValueError("progressive file is corrupted (overlong header field)")
+
+
+def _check_fields(h: Header) -> None:
+    checks = [
+        (2 <= h.steps <= MAX_STEPS, "steps"),
+        (h.spacing in (0, 1), "spacing"),
+        (4 <= h.chunk_quarters <= 96, "chunk size"),
+        (1 <= h.threads <= 255, "threads"),
+        (1 <= h.max_batch <= 65535, "batch size"),
+        (h.channels in (1, 3), "channels"),
+        (1 <= h.height < 65536 and 1 <= h.width < 65536, "image size"),
+        (1 <= h.tile <= 4096, "tile size"),
+        (h.stop <= h.steps, "stop step"),
+        (h.channels * h.height * h.width <= MAX_DIMS, "image size"),
+    ]
+    for ok, what in checks:
+        if not ok:
+            raise ValueError(f"progressive file is corrupted (impossible {what} in its header)")
+
+
+def check_work(header: Header, num_tiles: int) -> None:
+    """Refuse headers whose implied work (tiles × steps) is absurd before allocating anything."""
+    if num_tiles * header.steps > 1 << 28:
+        raise ValueError(f"progressive file claims {num_tiles} tiles × {header.steps} steps; refusing")
