@@ -22,47 +22,34 @@ Run (pause a background trainer for timing, resume it afterwards):
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
-from diffcodec.checkpoint import default_prior_path, load_prior
-from diffcodec.coding.lossless import DEFAULT_GRID, DEFAULT_MAX_BATCH, CodecParams, compress, decompress
-from diffcodec.data import load_images
-from diffcodec.defaults import CODEC_SPACING, CODEC_STEPS
-from diffcodec.likelihood import evaluate_nll
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: make `bench` importable
+
+from bench import classic  # noqa: E402
+from diffcodec.checkpoint import default_prior_path, load_prior  # noqa: E402
+from diffcodec.coding.lossless import DEFAULT_GRID, DEFAULT_MAX_BATCH, CodecParams, compress, decompress  # noqa: E402
+from diffcodec.data import load_images  # noqa: E402
+from diffcodec.defaults import CODEC_SPACING, CODEC_STEPS  # noqa: E402
+from diffcodec.likelihood import evaluate_nll  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def classic_sizes(image: np.ndarray) -> dict[str, int]:
     """Bytes of one [C, H, W] uint8 image in the classic lossless codecs (each decode checked exact)."""
-    arr = image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
-    out = {}
-    for name, kwargs in [("png", {"format": "PNG", "optimize": True}), ("webp_lossless", {"format": "WEBP", "lossless": True, "method": 6, "quality": 100})]:
-        buf = io.BytesIO()
-        Image.fromarray(arr).save(buf, **kwargs)
-        back = Image.open(io.BytesIO(buf.getvalue()))
-        back = back.convert("L") if arr.ndim == 2 else back.convert("RGB")  # WebP decodes gray as RGB
-        assert np.array_equal(np.asarray(back), arr), name
-        out[name] = len(buf.getvalue())
-    try:
-        import imagecodecs
-    except ImportError:
-        return out
-    for effort in (7, 10):
-        data = imagecodecs.jpegxl_encode(arr, lossless=True, effort=effort)
-        assert np.array_equal(imagecodecs.jpegxl_decode(data), arr)
-        out[f"jxl_lossless_e{effort}"] = len(data)
-    return out
+    arr = classic.as_hwc(image)
+    keys = [k for k in ("png", "webp_lossless", "jxl_lossless_e7", "jxl_lossless_e10") if k in classic.lossless_available()]
+    return {k: classic.lossless_bytes(k, arr) for k in keys}
 
 
 def vlb(prior, images, schedule) -> tuple[torch.Tensor, float]:

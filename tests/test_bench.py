@@ -1,0 +1,162 @@
+"""The bench figures on a tiny prior and a few 8×8 images, so that they cannot rot.
+
+``python -m bench all --quick`` runs end to end in seconds here; the classic codecs that need the
+``bench`` extra (imagecodecs: JPEG XL, JPEG-LS) are skipped when it is missing, and BD-rates need the
+``bjontegaard`` package (in the test extra).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bench import classic
+from bench.__main__ import main
+from bench.rd import progressive_curve
+from diffcodec.checkpoint import save_prior
+
+from .conftest import make_tiny_prior
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def smooth_images(n: int = 4, size: int = 8, seed: int = 0) -> np.ndarray:
+    """[n, 1, size, size] uint8: blurred blobs, the kind of content lossy codecs are made for."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    out = []
+    for _ in range(n):
+        cy, cx, r = rng.uniform(0.3, 0.7, 3)
+        img = 200 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (0.1 * r)) + rng.normal(0, 8, (size, size))
+        out.append(np.clip(img, 0, 255).astype(np.uint8))
+    return np.stack(out)[:, None]
+
+
+@pytest.fixture
+def tiny_setup(tmp_path):
+    prior_path = tmp_path / "tiny.safetensors"
+    digest = save_prior(make_tiny_prior(), prior_path)
+    data = tmp_path / "images.npy"
+    np.save(data, smooth_images())
+    return {"prior": str(prior_path), "data": str(data), "out": tmp_path / "results", "digest": digest}
+
+
+def run(setup, *stages, extra=()):
+    return main([*stages, "--quick", "--num", "4", "--prior", setup["prior"], "--data", setup["data"], "--out", str(setup["out"]), "--quiet", *extra])
+
+
+def test_bench_all_quick(tiny_setup):
+    pytest.importorskip("bjontegaard")
+    results = run(tiny_setup, "all")
+    out = tiny_setup["out"]
+    for name in ("classic_lossy", "ideal_rd", "rd", "lossless_table", "timestep_terms", "strip"):
+        body = json.loads((out / f"{name}.json").read_text())
+        prov = body["provenance"]
+        assert prov["prior_digest"] == tiny_setup["digest"] and prov["num_images"] == 4, name
+        assert prov["machine"]["cpu"] and prov["machine"]["torch"] and "Pillow" in prov["codecs"], name
+        assert "commit" in prov
+    for png in ("classic_lossy", "rd", "rd_panels", "lossless_table", "timestep_terms", "strip"):
+        assert (out / f"{png}.png").stat().st_size > 1000, png
+
+    lossy = results["classic"]["codecs"]
+    assert {"jpeg", "webp"} <= set(lossy)
+    for res in lossy.values():
+        pts = res["points"]
+        assert all(p["bits_per_dim"] > 0 and np.isfinite(p["psnr"]) for p in pts)
+        # a higher JPEG/WebP quality never gives a smaller mean file on these images
+        if res["param"] == "quality":
+            assert pts[-1]["bits_per_dim"] > pts[0]["bits_per_dim"] and pts[-1]["psnr"] > pts[0]["psnr"]
+
+    ideal = results["ideal"]
+    assert ideal["num_steps"] == 20 and len(ideal["steps"]) == 20
+    rates = [s["cum_rate_bpd"] for s in ideal["steps"]]  # noisiest first: the rate only grows
+    assert all(b >= a for a, b in zip(rates, rates[1:]))
+    assert ideal["steps"][-1]["cum_rate_bpd"] + ideal["decoder_bpd"] == pytest.approx(ideal["total_bpd"], rel=1e-9)
+
+    table = results["lossless"]["table"]
+    labels = [row["label"] for row in table]
+    assert any("progressive" in label for label in labels)  # the slot exists, empty until encode exists
+    png = results["lossless"]["classic"]["png"]
+    assert png["one_file_per_image"] > 0 and png["whole_set_one_file"] > 0
+    assert results["lossless"]["bitsback_chained"]["num_images"] == 4  # computed: no lossless.json for this prior
+
+    assert "diffcodec ideal" in results["rd"]["bd_rates"]
+    assert results["strip"]["diffcodec_source"].startswith("ideal")
+
+
+def test_progressive_slot(tiny_setup):
+    """A progressive.json in the results folder becomes a curve on the RD plot and a BD-rate row."""
+    pytest.importorskip("bjontegaard")
+    run(tiny_setup, "classic")
+    images = []
+    for i in range(4):
+        pts = [{"bytes": b, "bits_per_dim": 8 * b / 64, "psnr": 20 + 0.5 * b, "rmse": 255 / 10 ** ((20 + 0.5 * b) / 20), "step": 20 - b} for b in range(2, 40, 4)]
+        pts.append({"bytes": 60, "bits_per_dim": 7.5, "psnr": None, "rmse": 0.0, "step": 0})  # exact: dropped
+        images.append({"index": i, "points": pts, "lossless_bytes": 60})
+    prog = {"prior_digest": tiny_setup["digest"], "data": tiny_setup["data"], "num_dims": 64, "images": images}
+    (tiny_setup["out"] / "progressive.json").write_text(json.dumps(prog))
+    results = run(tiny_setup, "rd", "lossless")
+    rd = results["rd"]
+    assert rd["progressive_included"] and "diffcodec encode" in rd["bd_rates"]
+    curve = next(c for c in rd["curves"] if c["label"] == "diffcodec encode")
+    assert len(curve["bits_per_dim"]) == 10 and curve["t"][0] == 18
+    assert results["lossless"]["progressive_single"]["bits_per_dim"] == pytest.approx(7.5)
+
+
+def test_progressive_curve_means_points_per_image():
+    curve = progressive_curve([[(1.0, 20.0), (2.0, 30.0)], [(3.0, 24.0), (4.0, 34.0, 5.0)]])
+    assert curve.label == "diffcodec encode"
+    np.testing.assert_allclose(curve.bits_per_dim, [2.0, 3.0])
+    np.testing.assert_allclose(curve.psnr, [22.0, 32.0])
+    with pytest.raises(ValueError, match="same number of points"):
+        progressive_curve([[(1.0, 20.0)], [(1.0, 20.0), (2.0, 25.0)]])
+
+
+def test_bd_rate_of_a_scaled_curve():
+    """A test curve needing 0.8× the anchor's rate at every PSNR has a BD-rate of exactly −20 %,
+    and the anchor against itself 0 %; BD-PSNR of a curve shifted up by 1.5 dB is +1.5 dB."""
+    pytest.importorskip("bjontegaard")
+    from bench.bdrate import bd_psnr, bd_rate, compare
+
+    rate = np.array([0.5, 1.0, 1.6, 2.5, 4.0])
+    quality = np.array([25.0, 29.0, 32.5, 36.0, 40.0])
+    assert bd_rate((rate, quality), (0.8 * rate, quality)) == pytest.approx(-20.0, abs=1e-9)
+    assert bd_rate((rate, quality), (rate, quality)) == pytest.approx(0.0, abs=1e-9)
+    assert bd_psnr((rate, quality), (rate, quality + 1.5)) == pytest.approx(1.5, abs=1e-9)
+    # a dense test curve (piecewise linear in log rate, so ≈ −20 %) with a long tail far below the
+    # anchor's range, like the ideal curve from 5 dB: the tail beyond one point outside is ignored
+    dense_r = np.geomspace(0.4, 3.2, 120)
+    dense_q = np.interp(np.log(dense_r), np.log(0.8 * rate), quality)
+    tail_r, tail_q = np.geomspace(0.001, 0.39, 30), np.linspace(5.0, 24.9, 30)
+    plain = bd_rate((rate, quality), (dense_r, dense_q))
+    full = compare((rate, quality), (np.r_[tail_r, dense_r], np.r_[tail_q, dense_q]))
+    assert plain == pytest.approx(-20.0, abs=1.0)
+    assert full["bd_rate_percent"] == pytest.approx(plain, abs=1e-9)
+    assert full["overlap_psnr_db"] == pytest.approx([25.0, 40.0])
+    assert bd_rate((rate, quality), (rate, quality + 100)) is None  # no overlap
+
+
+def test_rd_front_and_rate_at_psnr():
+    r, p = classic.rd_front([3.0, 1.0, 2.0, 2.5, 4.0], [33.0, 25.0, 30.0, 29.0, 40.0])
+    np.testing.assert_array_equal(r, [1.0, 2.0, 3.0, 4.0])  # (2.5, 29) is dominated by (2.0, 30)
+    assert classic.rate_at_psnr(r, p, 31.5) == pytest.approx(2.5)
+    assert classic.rate_at_psnr(r, p, 45.0) is None
+
+
+def test_tile_layout():
+    images = np.arange(5 * 2 * 3, dtype=np.uint8).reshape(5, 1, 2, 3)
+    mosaic = classic.tile(images)
+    assert mosaic.shape == (1, 2 * 2, 3 * 3)  # 3 columns, 2 rows, one spare black tile
+    np.testing.assert_array_equal(mosaic[:, 2:4, 3:6], images[4])
+    assert not mosaic[:, 2:4, 6:9].any()
+
+
+def test_lossy_files_decode_and_measure():
+    """Every lossy file is decoded and measured: a top-quality JPEG is close, a bottom-quality one is not."""
+    image = smooth_images(1, size=16)[0]
+    best = classic.encode_decode(classic.LOSSY_BY_KEY["jpeg"], classic.as_hwc(image), 99)
+    worst = classic.encode_decode(classic.LOSSY_BY_KEY["jpeg"], classic.as_hwc(image), 5)
+    assert best.decoded.shape == (16, 16) and best.psnr > worst.psnr + 10
+    assert len(best.data) > len(worst.data)
