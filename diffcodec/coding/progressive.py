@@ -1,8 +1,8 @@
 """Progressive coding with a diffusion prior (DDPM section 4.3, Algorithms 3 and 4).
 
-The receiver gets x_K, then x_{K−1}, …, x_1, and can show x̂_0(x_k) after every step; the last
-segment sends x_0 itself, so the whole file decodes to the exact image. Each x_{k−1} is an
-(approximate) sample of q(x_{k−1}|x_k, x_0) sent against p_θ(x_{k−1}|x_k) by reverse channel coding
+The receiver gets x_K, then later latents of the chain, and can show x̂_0(x_k) after every step; the
+last segment sends x_0 itself, so the whole file decodes to the exact image. Each latent is an
+(approximate) sample of q(x_{k−m}|x_k, x_0) sent against p_θ(x_{k−m}|x_k) by reverse channel coding
 (coding.rcc) on randomness both sides regenerate; x_0 goes with the exact discretized decoder
 P(x_0|x_1) through a range coder. Unlike bits-back, a prefix of this stream costs about the
 cumulative KL, not the latents' entropy.
@@ -10,22 +10,18 @@ cumulative KL, not the latents' entropy.
 Stream order (one queue: first written, first read; bits most significant first):
 
     header (coding.progressive_file)
-    x_K: free when KL(q(x_K|x_0) ‖ N(0, I)) < 0.1 bit for any image (the decoder draws it from the
-         shared seed); else one chunk
-    for k = K .. 2, for every tile, for every chunk c of that tile's step:
-         octave of i*_c (Huffman) · low bits of i*_c          → x_{k−1} = μ_p + σ_p ⊙ ε_{i*}
+    x_K: drawn from N(0, I) by both sides from a fixed seed (its KL is below 0.1 bit for the
+         schedules diffcodec accepts), no bits
+    for each visited state x_k, k = K, …, 2 (jumps m from coding.progressive_steps):
+        for every tile: its KL level (prefix code), then for each of its chunks the candidate
+        index (octave prefix code + raw low bits)          → x_{k−m} = μ_p + σ_p ⊙ ε_{i*}
     zero bits to the next byte
-    x_0 of every tile under P(x_0|x_1), range coded (constriction's queue coder), whole words
+    x_0 of every tile under P(x_0|x_1), range coded (constriction's queue coder), trailing zero bytes dropped
     CRC-32 of the file and of the pixels it decodes to
 
-Step framing costs bits, not bytes: the decoder knows how many chunks each tile's step has and what
-index code each chunk uses from quantities it already holds. Chunks: each dimension's expected KL
-under the prior, ê_j = max(½ log(σ_p,j²/σ_q²), ε), is known to both sides (the learned variance says
-where the prior is unsure); scaled by a per-tile calibration r (how many bits the previous steps
-actually cost per unit of ê, an average both sides update from the received code lengths), it
-predicts the step's KL. The step gets n = round(predicted/κ) chunks of about κ = ``chunk_bits`` bits
-each, formed by cutting a seeded permutation of the dimensions at equal shares of ê, and each chunk's
-index code is tuned to its predicted KL. A file cut anywhere decodes to its last complete step.
+Step framing costs bits, not bytes: everything the decoder needs to split a step into chunks comes
+from the level it just read and from the latents it holds (coding.progressive_steps), so a file cut
+at any byte decodes every complete step and shows x̂_0 of the last one.
 
 Determinism: encoder and decoder run the network on the same batches with the thread count recorded
 in the file, snap μ_p and σ_p to multiples of 2^-20 (coding.bitsback.snap) and regenerate the same
@@ -53,6 +49,7 @@ Round trip with a tiny random prior (a test executes this)::
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 import zlib
@@ -69,15 +66,12 @@ from ..prior import Prior
 from ..schedule import Spacing
 from . import progressive_file as pf
 from .bits import BitReader, BitWriter, OutOfBits
-from .bitsback import decoder_probs, snap
+from .bitsback import decoder_probs
 from .lossless import from_tiles, pinned_threads, to_tiles
-from .rcc import IndexCode, candidate, kl_nats_per_dim, log_weight_coefs, seed_of, select
+from .progressive_steps import LEVEL_CODE, LEVEL_SPAN, Chain, kl_level
+from .rcc import OctaveModel, candidate, kl_nats_per_dim, log_weight_coefs, seed_of, select
 
-MIN_EXPECTED_NATS = 1e-4  # floor of ê_j: fixed-variance priors give ê = 0 everywhere
-FREE_BITS = 0.1  # a step whose KL is provably below this is drawn from p for free (x_K)
-CHUNK_OVERHEAD_BITS = 1.0  # subtracted per chunk when turning code lengths into a KL estimate
-CALIBRATION_START = 0.4  # r before any step was seen
-CALIBRATION_RATE = 0.5  # weight of the newest step in the running log-average of r
+FREE_BITS = 0.1  # x_K is drawn from p without bits when KL(q(x_K|x_0) ‖ N(0, I)) is provably below this
 _SPACINGS = [Spacing.EVEN, Spacing.FRONT]
 _CATEGORICAL = constriction.stream.model.Categorical(perfect=False)
 
@@ -87,6 +81,7 @@ class ProgressiveParams:
     steps: int = CODEC_STEPS
     spacing: Spacing = CODEC_SPACING
     chunk_bits: float = 8.0  # κ: target KL per chunk (bits); bigger chunks cost fewer bits, exponentially more candidates
+    merge_bits: float = 16.0  # noisy steps are merged until a transmission carries about this many bits
     margin: float = 4.0  # candidates searched per chunk: 2^⌈KL + margin⌉ (encoder only; larger = less bias, slower)
     max_search_bits: int = 20  # never more than 2^this candidates per chunk
     threads: int = 1  # torch threads for the network, recorded in the file
@@ -99,6 +94,8 @@ class ProgressiveParams:
             raise ValueError(f"max batch must be in 1..65535, got {self.max_batch}")
         if self.chunk_bits * 4 != round(self.chunk_bits * 4) or not 1 <= self.chunk_bits <= 24:
             raise ValueError(f"chunk bits must be a multiple of 1/4 in 1..24, got {self.chunk_bits}")
+        if self.merge_bits * 4 != round(self.merge_bits * 4) or not 0 <= self.merge_bits <= 256:
+            raise ValueError(f"merge bits must be a multiple of 1/4 in 0..256, got {self.merge_bits}")
         if not 0 <= self.margin <= 16:
             raise ValueError(f"candidate margin must be in 0..16 bits, got {self.margin}")
         if not 10 <= self.max_search_bits <= 30:
@@ -106,8 +103,8 @@ class ProgressiveParams:
         if self.steps < 2:
             raise ValueError(f"progressive coding needs at least 2 steps, got {self.steps}")
         prior.schedule(self.steps, self.spacing)  # validates steps against the prior
-        return ProgressiveParams(self.steps, Spacing(self.spacing), float(self.chunk_bits), float(self.margin),
-                                 int(self.max_search_bits), int(self.threads), int(self.max_batch))
+        return ProgressiveParams(self.steps, Spacing(self.spacing), float(self.chunk_bits), float(self.merge_bits),
+                                 float(self.margin), int(self.max_search_bits), int(self.threads), int(self.max_batch))
 
 
 @dataclass
@@ -185,89 +182,6 @@ class DecodeResult:
     seconds: float = 0.0
 
 
-class _Chain:
-    """The state both sides share: the prior's reverse steps on a batch of tiles, timed."""
-
-    def __init__(self, prior: Prior, schedule, tiles_shape, chunk_bits: float, max_batch: int, device):
-        self.prior, self.schedule, self.max_batch, self.device = prior, schedule, max_batch, device
-        self.chunk_bits = chunk_bits
-        self.shape = tiles_shape  # [B, C, t, t]
-        self.num_tiles = tiles_shape[0]
-        self.dims = int(np.prod(tiles_shape[1:]))
-        self.var_q = schedule.posterior_variance
-        self.c1, self.c2 = schedule.posterior_mean_coefs
-        self.seconds = 0.0
-        self.log_r = np.full(self.num_tiles, math.log(CALIBRATION_START))
-        self.perm_cache: dict[int, torch.Tensor] = {}
-
-    @torch.no_grad()
-    def reverse(self, x: torch.Tensor, j: int):
-        """p(x_{j}|x_{j+1}) for every tile: snapped (mean, std) [B, D] float64 and x̂_0 [B, C, t, t]."""
-        t0 = time.perf_counter()
-        means, logvars, x0s = [], [], []
-        for s in range(0, self.num_tiles, self.max_batch):
-            xb = x[s : s + self.max_batch].to(self.device)
-            k = torch.full((xb.shape[0],), j, dtype=torch.long, device=self.device)
-            rev = self.prior.reverse(xb, k, self.schedule)
-            means.append(rev.mean.cpu())
-            logvars.append(rev.log_variance.cpu())
-            x0s.append(rev.x0_hat.cpu())
-        mean = torch.cat(means).flatten(1)
-        logvar = torch.cat(logvars).flatten(1)
-        if not (torch.isfinite(mean).all() and torch.isfinite(logvar).all()):
-            raise ValueError("the prior produced non-finite outputs (is the prior file damaged?)")
-        std = torch.from_numpy(snap(torch.exp(0.5 * logvar).numpy())).clamp(min=2.0**-20)
-        self.seconds += time.perf_counter() - t0
-        return torch.from_numpy(snap(mean.numpy())), std, torch.cat(x0s)
-
-    def plan(self, tile: int, j: int, std_p: torch.Tensor) -> list[tuple[torch.Tensor, float]]:
-        """Chunks of tile ``tile`` at step j: [(dims [d] long, predicted KL bits)], from decoder-side data only."""
-        var_q = float(self.var_q[j])
-        e = (0.5 * torch.log(std_p**2 / var_q)).clamp(min=MIN_EXPECTED_NATS)
-        perm = self.perm_cache.get(j)
-        if perm is None:
-            g = torch.Generator().manual_seed(seed_of(0x9E37, j))
-            perm = self.perm_cache[j] = torch.randperm(self.dims, generator=g)
-        e_perm = e[perm]
-        raw_bits = float(e_perm.sum()) / math.log(2.0)
-        r = math.exp(self.log_r[tile])
-        n = int(min(max(round(r * raw_bits / self.chunk_bits), 1), self.dims))
-        before = torch.cumsum(e_perm, 0) - e_perm
-        ids = torch.clamp((before * (n / float(e_perm.sum()))).floor().long(), max=n - 1)
-        chunks = []
-        for c in range(n):
-            mask = ids == c
-            if bool(mask.any()):
-                chunks.append((perm[mask], r * float(e_perm[mask].sum()) / math.log(2.0)))
-        return chunks
-
-    def calibrate(self, tile: int, chunks, bits: int) -> None:
-        """Update tile's r from the code lengths of its last step (both sides see the same bits)."""
-        raw = sum(pred for _, pred in chunks) / math.exp(self.log_r[tile])
-        kl_estimate = max(bits - CHUNK_OVERHEAD_BITS * len(chunks), 0.1)
-        observed = math.log(kl_estimate / max(raw, 1e-9))
-        self.log_r[tile] = min(max((1 - CALIBRATION_RATE) * self.log_r[tile] + CALIBRATION_RATE * observed, -12.0), 12.0)
-
-
-def _chunk_seed(tile: int, j: int, c: int) -> int:
-    return seed_of(0xD1FF, tile, j, c)
-
-
-def _free_start(schedule, dims: int) -> bool:
-    """KL(q(x_K|x_0) ‖ N(0, I)) ≤ D·(−½ log(1 − ᾱ_K)) for x_0 ∈ [−1, 1]; below FREE_BITS, x_K is drawn from p."""
-    abar = float(schedule.alphas_cumprod[-1])
-    return dims * (-0.5 * math.log1p(-abar)) / math.log(2.0) < FREE_BITS
-
-
-def _start(chain: _Chain) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed_of(0x5A17))
-    return torch.randn(chain.shape, generator=gen, dtype=torch.float64)
-
-
-def _pixels_sq_err(x0_hat: torch.Tensor, tiles: np.ndarray, n: int, h: int, w: int) -> float:
-    rec = from_tiles(model_to_pixels(x0_hat).numpy(), n, h, w)
-    ref = from_tiles(tiles, n, h, w)
-    return float(((rec.astype(np.float64) - ref) ** 2).sum())
 
 
 @dataclass(frozen=True)
@@ -285,6 +199,24 @@ class Target:
         return self.max_bytes is not None and file_bytes > self.max_bytes
 
 
+def _free_start(schedule, dims: int) -> bool:
+    """KL(q(x_K|x_0) ‖ N(0, I)) ≤ D·(−½ log(1 − ᾱ_K)) for x_0 ∈ [−1, 1]."""
+    abar = float(schedule.alphas_cumprod[-1])
+    return dims * (-0.5 * math.log1p(-abar)) / math.log(2.0) < FREE_BITS
+
+
+def _start(shape) -> torch.Tensor:
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed_of(0x5A17)), dtype=torch.float64)
+
+
+def _chunk_seed(tile: int, k: int, c: int) -> int:
+    return seed_of(0xD1FF, tile, k, c)
+
+
+def _recon(x0_hat: torch.Tensor, h: int, w: int) -> np.ndarray:
+    return from_tiles(model_to_pixels(x0_hat).numpy(), 1, h, w)[0]
+
+
 def encode(prior: Prior, image, params: ProgressiveParams = ProgressiveParams(), target: Target = Target(),
            progress: bool = False) -> EncodeResult:
     """One image [C, H, W] uint8 → a progressive file (:class:`EncodeResult`); ``target`` stops it early."""
@@ -299,61 +231,64 @@ def encode(prior: Prior, image, params: ProgressiveParams = ProgressiveParams(),
     c, h, w = image.shape
     tiles = to_tiles(image[None], prior.image_shape[1])
     device = next(prior.parameters(), torch.empty(0)).device
-    chain = _Chain(prior, schedule, tiles.shape, params.chunk_bits, params.max_batch, device)
+    chain = Chain(prior, schedule, tiles.shape, params.chunk_bits, params.merge_bits, params.max_batch, device)
     K, D = schedule.num_steps, c * h * w
     header = pf.Header(prior_digest=prior.digest, steps=K, spacing=_SPACINGS.index(params.spacing),
-                       chunk_quarters=round(4 * params.chunk_bits), threads=params.threads,
-                       max_batch=params.max_batch, channels=c, height=h, width=w, tile=prior.image_shape[1],
-                       stop=K, total_bytes=0)
+                       chunk_quarters=round(4 * params.chunk_bits), merge_quarters=round(4 * params.merge_bits),
+                       threads=params.threads, max_batch=params.max_batch, channels=c, height=h, width=w,
+                       tile=prior.image_shape[1], stop=K, total_bytes=0)
     x0 = pixels_to_model(torch.from_numpy(tiles), torch.float64).flatten(1)  # [B, D]
     writer = BitWriter()
     records: list[StepRecord] = []
     recons: list[np.ndarray] = []  # reconstructions of the last two states
-    stats, kl_total, search_seconds, stop = _StepStats(), 0.0, 0.0, None
-    x = _start(chain)  # x_K, drawn from p (free)
+    stats, kl_total, search_seconds, stop, jump = _StepStats(), 0.0, 0.0, None, None
+    x, k = _start(tiles.shape), K
     with pinned_threads(params.threads), tqdm(total=K, desc="encode", unit="step", disable=not progress, leave=False) as bar:
-        for j in range(K - 1, -1, -1):  # x = x_{j+1}; p(x_j | x_{j+1})
-            mean_p, std_p, x0_hat = chain.reverse(x, j)
-            n = K - 1 - j
-            recons = (recons + [from_tiles(model_to_pixels(x0_hat).numpy(), 1, h, w)[0]])[-2:]
-            rec = StepRecord(n=n, timestep=int(schedule.timesteps[j]), file_bytes=0, stream_bits=writer.num_bits,
-                             kl_bits=kl_total, sq_err=float(((recons[-1].astype(np.float64) - image) ** 2).sum()))
+        while True:  # x = x_k
+            eps, v, x0_hat = chain.network(x, k)
+            recons = (recons + [_recon(x0_hat, h, w)])[-2:]
+            rec = StepRecord(n=K - k, timestep=int(schedule.timesteps[k - 1]), file_bytes=0,
+                             stream_bits=writer.num_bits, kl_bits=kl_total,
+                             sq_err=float(((recons[-1].astype(np.float64) - image) ** 2).sum()))
             stats.store(rec)
-            rec.file_bytes = pf.file_bytes(pf.replace(header, stop=n), rec.stream_bits)
+            rec.file_bytes = pf.file_bytes(pf.replace(header, stop=rec.n), rec.stream_bits)
             records.append(rec)
             if target.exceeded(rec.file_bytes):
-                if n == 0:
+                if len(records) == 1:
                     raise ValueError(f"no file fits in {target.max_bytes} bytes (the smallest is {rec.file_bytes})")
-                stop = n - 1
+                stop = records[-2].n
                 break
             if target.reached(rec, D):
-                stop = n
+                stop = rec.n
                 break
-            if j == 0:
+            if k == 1:
                 break
+            jump = chain.next_jump(k, jump)
             t0 = time.perf_counter()
-            x, stats = _encode_step(chain, writer, j, x0, x.flatten(1), mean_p, std_p, params)
+            x, stats = _encode_step(chain, writer, k, jump, x0, x, eps, v, params)
             search_seconds += time.perf_counter() - t0
             kl_total += stats.kl
-            bar.update(1)
+            bar.update(jump)
+            k -= jump
         if stop is None:  # the lossless end: x_0 under P(x_0|x_1)
+            mean_p, std_p = chain.reverse(x, eps, v, 1, 1)
             lossless, nll_bits = _encode_pixels(tiles, mean_p, std_p)
             data = pf.pack(header, writer.to_bytes() + lossless, image)
-            if not target.exceeded(len(data)):
-                stop = K
-                records.append(StepRecord(n=K, timestep=0, file_bytes=len(data), stream_bits=writer.num_bits + 8 * len(lossless),
-                                          kl_bits=kl_total + nll_bits, sq_err=0.0))
+            if target.exceeded(len(data)):
+                stop = records[-1].n
             else:
-                stop = K - 1
+                stop = K
+                records.append(StepRecord(n=K, timestep=0, file_bytes=len(data),
+                                          stream_bits=writer.num_bits + 8 * len(lossless), kl_bits=kl_total + nll_bits,
+                                          sq_err=0.0))
             bar.update(1)
     if stop < K:
         final = recons[-1] if records[-1].n == stop else recons[-2]
-        records = records[: stop + 1]
-        body = _bits_prefix(writer.to_bytes(), records[stop].stream_bits)
-        data = pf.pack(pf.replace(header, stop=stop), body, final)
-        records[stop].file_bytes = len(data)
+        records = [r for r in records if r.n <= stop]
+        data = pf.pack(pf.replace(header, stop=stop), _bits_prefix(writer.to_bytes(), records[-1].stream_bits), final)
+        records[-1].file_bytes = len(data)
     return EncodeResult(data=data, steps=records, num_dims=D, stop=stop, seconds=time.perf_counter() - t_start,
-                        network_seconds=chain.seconds, search_seconds=search_seconds)
+                        network_seconds=chain.network_seconds, search_seconds=search_seconds)
 
 
 def _bits_prefix(data: bytes, nbits: int) -> bytes:
@@ -364,28 +299,51 @@ def _bits_prefix(data: bytes, nbits: int) -> bytes:
     return bytes(out)
 
 
-def _encode_step(chain: "_Chain", writer: BitWriter, j: int, x0, x_flat, mean_p, std_p, params: ProgressiveParams):
-    """Send x_j ~ q(x_j|x_{j+1}, x_0) for every tile → (x_j [B, C, t, t] float64, step statistics)."""
-    mu_q = chain.c1[j] * x0 + chain.c2[j] * x_flat
-    sd_q = math.sqrt(chain.var_q[j])
-    new = torch.empty_like(x_flat)
+def _encode_step(chain: Chain, writer: BitWriter, k: int, m: int, x0, x, eps, v, params: ProgressiveParams):
+    """Send x_{k−m} ~ q(x_{k−m}|x_k, x_0) for every tile → (x_{k−m} [B, C, t, t] float64, step statistics)."""
+    mean_p, std_p = chain.reverse(x, eps, v, k, m)
+    c1, c2, sd_q = chain.posterior(k, m)
+    mu_q = c1 * x0 + c2 * x.flatten(1)
+    new = torch.empty_like(mu_q)
     stats = _StepStats()
     for b in range(chain.num_tiles):
-        chunks = chain.plan(b, j, std_p[b])
-        start_bits = writer.num_bits
-        for ci, (dims, pred) in enumerate(chunks):
+        kl_dims = kl_nats_per_dim(mu_q[b], sd_q, mean_p[b], std_p[b]) / math.log(2.0)
+        level = kl_level(float(kl_dims.sum()))
+        LEVEL_CODE.write(writer, level - chain.levels[b] + LEVEL_SPAN)
+        chain.levels[b] = level
+        chunks = chain.chunks(b, k, level, std_p[b], sd_q)
+        for ci, (dims, kappa) in enumerate(chunks):
             mq, mp, sp = mu_q[b, dims], mean_p[b, dims], std_p[b, dims]
-            kl = float(kl_nats_per_dim(mq, sd_q, mp, sp).sum()) / math.log(2.0)
+            kl = float(kl_dims[dims].sum())
             a, bb = log_weight_coefs(mq, sd_q, mp, sp)
-            private = torch.Generator().manual_seed(seed_of(0xE11C, b, j, ci))
-            pick = select(a, bb, _chunk_seed(b, j, ci), kl, params.margin, private, params.max_search_bits)
-            IndexCode.for_kl(pred).write(writer, pick.index)
+            private = torch.Generator().manual_seed(seed_of(0xE11C, b, k, ci))
+            pick = select(a, bb, _chunk_seed(b, k, ci), kl, params.margin, private, params.max_search_bits)
+            chain.octaves.code(kappa).write(writer, pick.index)
+            chain.octaves.update(kappa, pick.index)
             xs = mp + sp * pick.eps.double()
             new[b, dims] = xs
             stats.add(xs, mq, sd_q, mp, kl, pick.searched)
-        chain.calibrate(b, chunks, writer.num_bits - start_bits)
         stats.chunks += len(chunks)
     return new.view(chain.shape), stats
+
+
+def _decode_step(chain: Chain, reader: BitReader, k: int, m: int, x, eps, v) -> torch.Tensor:
+    """Read one step of every tile → x_{k−m} [B, C, t, t] float64. Raises OutOfBits if the stream ends inside it."""
+    mean_p, std_p = chain.reverse(x, eps, v, k, m)
+    _, _, sd_q = chain.posterior(k, m)
+    new = torch.empty_like(mean_p)
+    levels = list(chain.levels)
+    octaves = copy.deepcopy(chain.octaves)
+    for b in range(chain.num_tiles):
+        level = levels[b] + LEVEL_CODE.read(reader) - LEVEL_SPAN
+        levels[b] = level
+        for ci, (dims, kappa) in enumerate(chain.chunks(b, k, level, std_p[b], sd_q)):
+            index = octaves.code(kappa).read(reader)
+            octaves.update(kappa, index)
+            eps_c = candidate(_chunk_seed(b, k, ci), index, len(dims), chain.device).cpu()
+            new[b, dims] = mean_p[b, dims] + std_p[b, dims] * eps_c.double()
+    chain.levels, chain.octaves = levels, octaves  # only a complete step updates the shared state
+    return new.view(chain.shape)
 
 
 @dataclass
@@ -418,8 +376,7 @@ class _StepStats:
 
 def _encode_pixels(tiles: np.ndarray, mean_p: torch.Tensor, std_p: torch.Tensor) -> tuple[bytes, float]:
     """x_0 of every tile with the exact discretized decoder → (bytes without trailing zero bytes, ideal bits)."""
-    logvar = 2.0 * torch.log(std_p)
-    probs = decoder_probs(mean_p.numpy().reshape(-1), logvar.numpy().reshape(-1))
+    probs = decoder_probs(mean_p.numpy().reshape(-1), (2.0 * torch.log(std_p)).numpy().reshape(-1))
     symbols = tiles.reshape(-1).astype(np.int32)
     enc = constriction.stream.queue.RangeEncoder()
     enc.encode(symbols, _CATEGORICAL, probs)
@@ -428,12 +385,9 @@ def _encode_pixels(tiles: np.ndarray, mean_p: torch.Tensor, std_p: torch.Tensor)
 
 
 def _decode_pixels(data: bytes, mean_p: torch.Tensor, std_p: torch.Tensor, shape) -> np.ndarray:
-    logvar = 2.0 * torch.log(std_p)
-    probs = decoder_probs(mean_p.numpy().reshape(-1), logvar.numpy().reshape(-1))
+    probs = decoder_probs(mean_p.numpy().reshape(-1), (2.0 * torch.log(std_p)).numpy().reshape(-1))
     words = np.frombuffer(data + b"\0" * (-len(data) % 4), dtype="<u4").astype(np.uint32)
-    if len(words) == 0:
-        words = np.zeros(1, dtype=np.uint32)
-    dec = constriction.stream.queue.RangeDecoder(words)
+    dec = constriction.stream.queue.RangeDecoder(words if len(words) else np.zeros(1, np.uint32))
     return dec.decode(_CATEGORICAL, probs).astype(np.uint8).reshape(shape)
 
 
@@ -446,82 +400,62 @@ def _check_image(prior: Prior, image) -> np.ndarray:
     if image.shape[0] != c:
         kind = {1: "grayscale", 3: "RGB"}
         raise ValueError(f"image is {kind.get(image.shape[0], image.shape[0])} but the prior codes {kind[c]} images")
-    if max(image.shape[1:]) >= 2**16:
-        raise ValueError("images larger than 65535 pixels on a side are not supported")
     return image
 
 
 def decode(prior: Prior, data: bytes, steps: int | None = None, keep_intermediates: bool = False,
            progress: bool = False) -> DecodeResult:
-    """A progressive file (or any prefix of it) → the image, or the reconstruction after the last complete step.
+    """A progressive file (or any prefix of it) → the image, or x̂_0 of the last complete step.
 
-    ``steps`` stops after that many reverse steps (K = everything). A prefix (a truncated file)
-    decodes every complete step; a complete file is verified by its CRC over file and pixels.
+    ``steps`` stops after that many nominal reverse steps (K = everything). A prefix (a truncated
+    file) decodes every complete step; a complete file is verified by its CRC over file and pixels.
     """
     t_start = time.perf_counter()
     header, body, complete = pf.unpack(data)
     if prior.digest is None or not header.matches_prior(prior.digest):
-        raise ValueError(
-            f"file was made with another prior (digest {header.prior_digest[:8]}…, this prior is "
-            f"{(prior.digest or 'unknown')[:8]}…); pass the right one with --prior")
+        raise ValueError(f"file was made with another prior (digest {header.prior_digest}…, this prior is "
+                         f"{(prior.digest or 'unknown')[:8]}…); pass the right one with --prior")
     c, size = prior.image_shape[0], prior.image_shape[1]
-    if header.channels != c or header.tile != size or header.spacing >= len(_SPACINGS):
+    if header.channels != c or header.tile != size or header.steps > prior.config.num_timesteps:
         raise ValueError("progressive file is inconsistent with its prior (corrupted header)")
     schedule = prior.schedule(header.steps, _SPACINGS[header.spacing])
     K = schedule.num_steps
     tiles_shape = (math.ceil(header.height / size) * math.ceil(header.width / size), c, size, size)
     pf.check_work(header, tiles_shape[0])
     device = next(prior.parameters(), torch.empty(0)).device
-    chain = _Chain(prior, schedule, tiles_shape, header.chunk_quarters / 4, header.max_batch, device)
-    limit = K if steps is None else min(steps, K)
-    limit = min(limit, header.stop)
+    chain = Chain(prior, schedule, tiles_shape, header.chunk_quarters / 4, header.merge_quarters / 4,
+                  header.max_batch, device)
+    limit = min(K if steps is None else steps, header.stop)
     reader = BitReader(body)
-    x = _start(chain)
-    recon, intermediates = None, []
-    done = 0
-    image = None
+    x, k, jump = _start(tiles_shape), K, None
+    intermediates, image, lossless = [], None, False
     with pinned_threads(header.threads), tqdm(total=limit, desc="decode", unit="step", disable=not progress, leave=False) as bar:
-        for j in range(K - 1, -1, -1):
-            mean_p, std_p, x0_hat = chain.reverse(x, j)
-            recon = from_tiles(model_to_pixels(x0_hat).numpy(), 1, header.height, header.width)[0]
+        while True:
+            eps, v, x0_hat = chain.network(x, k)
+            recon, done = _recon(x0_hat, header.height, header.width), K - k
             if keep_intermediates:
-                intermediates.append(recon)
-            done = K - 1 - j
-            if done >= limit or j == 0:
+                intermediates.append((done, recon))
+            if k == 1:
+                break
+            jump = chain.next_jump(k, jump)
+            if done + jump > limit:
                 break
             try:
-                x = _decode_step(chain, reader, j, mean_p, std_p).view(tiles_shape)
+                x = _decode_step(chain, reader, k, jump, x, eps, v)
             except OutOfBits:
                 break
-            bar.update(1)
-        lossless = False
-        if done == K - 1 and limit == K and header.stop == K and complete:
-            start = -(-reader.position // 8)
-            pixels = _decode_pixels(body[start:], mean_p, std_p, tiles_shape)
-            image = from_tiles(pixels, 1, header.height, header.width)[0]
-            done, lossless = K, True
-            bar.update(1)
+            k -= jump
+            bar.update(jump)
+        if k == 1 and limit == K and header.stop == K and complete:
+            mean_p, std_p = chain.reverse(x, eps, v, 1, 1)
+            pixels = _decode_pixels(body[-(-reader.position // 8):], mean_p, std_p, tiles_shape)
+            image, done, lossless = from_tiles(pixels, 1, header.height, header.width)[0], K, True
             if keep_intermediates:
-                intermediates.append(image)
+                intermediates.append((K, image))
+            bar.update(1)
     final = image if lossless else recon
-    verified = False
-    if complete and done == header.stop:
-        if not pf.verify(data, final):
-            raise ValueError("decoding desynchronized (decoded pixels fail the file's checksum); nothing written")
-        verified = True
+    verified = complete and done == header.stop
+    if verified and not pf.verify(data, final):
+        raise ValueError("decoding desynchronized (decoded pixels fail the file's checksum); nothing written")
     return DecodeResult(image=final, steps_decoded=done, total_steps=K, complete=verified, lossless=lossless,
                         header=header, intermediates=intermediates, seconds=time.perf_counter() - t_start)
-
-
-def _decode_step(chain: _Chain, reader: BitReader, j: int, mean_p, std_p) -> torch.Tensor:
-    """Read one step of every tile → x_j [B, D] float64. Raises OutOfBits if the stream ends inside it."""
-    new = torch.empty(chain.num_tiles, chain.dims, dtype=torch.float64)
-    for b in range(chain.num_tiles):
-        chunks = chain.plan(b, j, std_p[b])
-        start_bits = reader.position
-        for ci, (dims, pred) in enumerate(chunks):
-            index = IndexCode.for_kl(pred).read(reader)
-            eps = candidate(_chunk_seed(b, j, ci), index, len(dims), chain.device).cpu()
-            new[b, dims] = mean_p[b, dims] + std_p[b, dims] * eps.double()
-        chain.calibrate(b, chunks, reader.position - start_bits)
-    return new

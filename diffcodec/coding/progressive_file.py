@@ -3,7 +3,7 @@
 A 28×28 file is a few hundred bytes, so every count is an unsigned LEB128 varint. Layout::
 
     magic b"DCP" (3) · format version 1 (1) · prior digest, first 4 bytes of its SHA-256 (4)
-    varints: steps K, spacing (0 even, 1 front), chunk size κ in quarter bits, torch threads,
+    varints: steps K, spacing (0 even, 1 front), chunk size κ and merge size in quarter bits, torch threads,
              tiles per network call, channels C, height H, width W, tile size (the prior's),
              stop (reverse steps in the file; K = the exact image), total file bytes
     CRC-16 (CCITT) of the header bytes before it (2)
@@ -17,13 +17,13 @@ decodes to, so a decoder that desynchronizes fails loudly instead of showing a w
 Round trip (a test executes this)::
 
     >>> import numpy as np
-    >>> h = Header(prior_digest="ab" * 32, steps=100, spacing=1, chunk_quarters=32, threads=1, max_batch=64,
+    >>> h = Header(prior_digest="ab" * 32, steps=100, spacing=1, chunk_quarters=32, merge_quarters=64, threads=1, max_batch=64,
     ...            channels=1, height=28, width=28, tile=28, stop=100, total_bytes=0)
     >>> pixels = np.zeros((1, 28, 28), np.uint8)
     >>> blob = pack(h, b"body", pixels)
     >>> h2, body, complete = unpack(blob)
     >>> (h2.steps, h2.stop, body, complete, verify(blob, pixels), len(blob))
-    (100, 100, b'body', True, True, 29)
+    (100, 100, b'body', True, True, 30)
     >>> unpack(blob[:-4])[1:]                      # a cut file: the body so far, not complete
     (b'body', False)
 """
@@ -43,7 +43,7 @@ VERSION = 1
 DIGEST_BYTES = 4
 MAX_DIMS = 1 << 26  # pixels × channels a file may claim (the decoder holds float64 latents of this size)
 MAX_STEPS = 100_000
-_FIELDS = ("steps", "spacing", "chunk_quarters", "threads", "max_batch", "channels", "height", "width", "tile",
+_FIELDS = ("steps", "spacing", "chunk_quarters", "merge_quarters", "threads", "max_batch", "channels", "height", "width", "tile",
            "stop", "total_bytes")
 
 
@@ -53,6 +53,7 @@ class Header:
     steps: int
     spacing: int
     chunk_quarters: int
+    merge_quarters: int
     threads: int
     max_batch: int
     channels: int
@@ -168,6 +169,7 @@ def _check_fields(h: Header) -> None:
         (2 <= h.steps <= MAX_STEPS, "steps"),
         (h.spacing in (0, 1), "spacing"),
         (4 <= h.chunk_quarters <= 96, "chunk size"),
+        (h.merge_quarters <= 1024, "merge size"),
         (1 <= h.threads <= 255, "threads"),
         (1 <= h.max_batch <= 65535, "batch size"),
         (h.channels in (1, 3), "channels"),
