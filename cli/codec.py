@@ -3,48 +3,111 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import click
-import numpy as np
 
-from diffcodec.coding.lossless import DEFAULT_GRID, DEFAULT_MAX_BATCH, CodecParams, compress, decompress, to_tiles
-from diffcodec.data import load_many
-from diffcodec.defaults import CODEC_SPACING, CODEC_STEPS
-from diffcodec.images import write_image
+from diffcodec.defaults import CODEC_SPACING, CODEC_STEPS, DEFAULT_GRID, DEFAULT_MAX_BATCH
 from diffcodec.schedule import Spacing
-from diffcodec.terms import compute_terms
-from diffcodec.units import nats_to_bpd
 
-from .common import device_option, emit_json, json_option, one_line_errors, open_prior, prior_option, seeded
+from .common import device_option, emit_json, json_option, one_line_errors, open_prior, prior_option, steps_option
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def tile_vlb_bits(prior, tiles, schedule, threads: int, seed: int = 0):
+    """[n] float64 VLB of each tile in bits (terms.compute_terms at the codec's steps, torch pinned to
+    the codec's thread count)."""
+    import torch
+
+    from diffcodec.coding.lossless import pinned_threads
+    from diffcodec.terms import compute_terms
+
+    with pinned_threads(threads):
+        terms = compute_terms(prior, tiles, schedule, torch.Generator().manual_seed(seed))
+    return (terms.total_nats / math.log(2)).double().numpy()
 
 
-def vlb_summary(prior, tiles: np.ndarray, schedule, seed: int = 0) -> tuple[float, float]:
-    """(mean, standard error) of the VLB in bits/dim over tiles: terms.compute_terms at the codec's steps."""
-    terms = compute_terms(prior, tiles, schedule, seeded(seed))
-    bpd = nats_to_bpd(terms.total_nats, prior.num_dims).double()
-    se = float(bpd.std() / math.sqrt(len(bpd))) if len(bpd) > 1 else float("nan")
-    return float(bpd.mean()), se
+def _mean_se(x) -> tuple[float, float | None]:
+    """Mean and standard error of the mean (None for fewer than two values)."""
+    se = float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else None
+    return float(x.mean()), se
+
+
+def compress_record(prior, images, stats, params, out: str, blob_bytes: int, with_vlb: bool) -> dict:
+    """The JSON record of a compress call: the file, its fixed costs in bytes, and the chain apart from them.
+
+    fixed costs = header + initial bits (paid once per file, whatever its size); the first tile is
+    stored by a classic codec (the bootstrap); the chain (tiles 1..n−1) is what the prior coded, and
+    its overhead is measured against the VLB of exactly those tiles. Per-dim figures of the chain are
+    per tile pixel (tiles of larger images include their edge padding).
+    """
+    from diffcodec.coding.lossless import to_tiles
+
+    dims = stats.num_images * stats.dims_per_image
+    tile_dims = prior.num_dims
+    chained = stats.num_tiles - 1
+    rec = {
+        "out": out, "images": stats.num_images, "tiles": stats.num_tiles, "steps": params.steps,
+        "spacing": params.spacing.value, "grid": params.grid, "threads": params.threads,
+        "file_bytes": blob_bytes, "bits_per_dim": stats.file_bits / dims, "payload_bits_per_dim": stats.payload_bits / dims,
+        "header_bytes": stats.header_bits // 8, "initial_bytes": stats.initial_bits // 8,
+        "fixed_bytes": (stats.header_bits + stats.initial_bits) // 8,
+        "bootstrap_bytes": stats.bootstrap_bits // 8, "bootstrap_codec": stats.bootstrap_codec,
+        "header_bits": stats.header_bits, "initial_bits": stats.initial_bits, "bootstrap_bits": stats.bootstrap_bits,
+        "chain_tiles": chained, "chain_bytes": stats.chain_bits / 8,
+        "chain_bits_per_dim": stats.chain_bits / (chained * tile_dims) if chained else None,
+        "encode_seconds": stats.seconds, "coder_share": stats.coder_share, "prior_digest": prior.digest,
+        "renamed": [],
+    }
+    if with_vlb:
+        tiles = to_tiles(images, prior.image_shape[1])
+        vlb = tile_vlb_bits(prior, tiles, prior.schedule(params.steps, params.spacing), params.threads)
+        _, se = _mean_se(vlb / tile_dims)  # per tile pixel; the file's figures are per image pixel
+        rec["vlb_bits_per_dim"] = float(vlb.sum() / dims)
+        rec["vlb_stderr"] = None if se is None else se * stats.num_tiles * tile_dims / dims
+        rec["overhead_percent"] = 100.0 * (rec["bits_per_dim"] / rec["vlb_bits_per_dim"] - 1.0)
+        if chained:
+            chain_mean, chain_se = _mean_se(vlb[1:] / tile_dims)
+            rec["chain_vlb_bits_per_dim"] = chain_mean
+            rec["chain_vlb_stderr"] = chain_se
+            rec["chain_overhead_percent"] = 100.0 * (stats.chain_bits / vlb[1:].sum() - 1.0)
+        else:
+            rec["chain_vlb_bits_per_dim"] = rec["chain_vlb_stderr"] = rec["chain_overhead_percent"] = None
+    return rec
+
+
+def print_compress(rec: dict) -> None:
+    unit = "tiles" if rec["tiles"] != rec["images"] else "images"
+    click.echo(f"wrote {rec['out']}: {rec['images']} image{'s' * (rec['images'] != 1)}, {rec['file_bytes']:,} bytes, "
+               f"{rec['bits_per_dim']:.4f} bits/dim")
+    click.echo(f"  fixed costs  {rec['fixed_bytes']:,} bytes, paid once per file: header {rec['header_bytes']}, "
+               f"initial bits {rec['initial_bytes']}")
+    first = "tile" if unit == "tiles" else "image"
+    click.echo(f"  first {first}  {rec['bootstrap_bytes']:,} bytes by {rec['bootstrap_codec']} (the seed of the stack)")
+    if rec["chain_tiles"] == 0:
+        click.echo("  chain        none: a single tile is stored by its classic codec alone; the prior codes "
+                   "every further one")
+    else:
+        line = (f"  chain        {rec['chain_tiles']} {unit if rec['chain_tiles'] > 1 else unit[:-1]} in "
+                f"{rec['chain_bytes']:,.0f} bytes, {rec['chain_bits_per_dim']:.4f} bits/dim")
+        if rec.get("chain_vlb_bits_per_dim") is not None:
+            se = rec["chain_vlb_stderr"]
+            spread = "" if se is None else f" ± {se:.4f}"
+            line += f" vs their VLB {rec['chain_vlb_bits_per_dim']:.4f}{spread} → {rec['chain_overhead_percent']:+.2f} %"
+        click.echo(line)
+    share = rec["coder_share"]
+    coder = "" if share is None else f", coder {100 * share:.1f} % of the time beyond the network"
+    click.echo(f"  {rec['steps']} steps, {rec['spacing']}, G = {rec['grid']:g}; {rec['encode_seconds']:.1f} s{coder}")
+    if rec["renamed"]:
+        shown = ", ".join(f"{a} → {b}" for a, b in rec["renamed"][:3])
+        more = f" and {len(rec['renamed']) - 3} more" if len(rec["renamed"]) > 3 else ""
+        click.echo(f"  renamed      {shown}{more} (names are stored as the files decompress writes, unique)")
 
 
 @click.command(name="compress")
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--out", type=click.Path(dir_okay=False), required=True, help="Compressed file to write.")
 @prior_option
-@click.option("--steps", type=click.IntRange(min=1), default=CODEC_STEPS, show_default=True, help="Chain steps K.")
+@steps_option(CODEC_STEPS, "Chain steps K.")
 @click.option("--spacing", type=click.Choice([s.value for s in Spacing]), default=CODEC_SPACING.value, show_default=True)
 @click.option("--grid", type=float, default=DEFAULT_GRID, show_default=True, help="Latent grid points per std (G).")
 @click.option("--threads", type=click.IntRange(min=0, max=255), default=1, show_default=True,
@@ -56,72 +119,64 @@ def vlb_summary(prior, tiles: np.ndarray, schedule, seed: int = 0) -> tuple[floa
 @one_line_errors
 def compress_cmd(inputs, out, prior_path, steps, spacing, grid, threads, max_batch, no_vlb, device, as_json):
     """Losslessly compress images (PNG files, folders, .npy/.npz, fashion-mnist:test) into one file."""
+    from diffcodec.coding.lossless import CodecParams, compress
+    from diffcodec.data import load_many
+    from diffcodec.files import atomic_write, check_output_file
+
+    check_output_file(out)
     prior, _ = open_prior(prior_path, device)
-    data = load_many(list(inputs))
+    data = load_many(list(inputs), channels=prior.image_shape[0])
     params = CodecParams(steps=steps, spacing=Spacing(spacing), grid=grid, threads=threads, max_batch=max_batch)
+    params = params.resolved(prior)
     blob, stats = compress(prior, data.images, data.names, params, progress=True)
-    _write_atomic(Path(out), blob)
-    dims = stats.num_images * stats.dims_per_image
-    record = {
-        "images": stats.num_images,
-        "tiles": stats.num_tiles,
-        "steps": steps,
-        "spacing": spacing,
-        "grid": grid,
-        "file_bytes": len(blob),
-        "bits_per_dim": stats.file_bits / dims,
-        "payload_bits_per_dim": stats.payload_bits / dims,
-        "header_bits": stats.header_bits,
-        "initial_bits": stats.initial_bits,
-        "bootstrap_bits": stats.bootstrap_bits,
-        "encode_seconds": stats.seconds,
-        "coder_share": stats.coder_share,
-        "prior_digest": prior.digest,
-    }
-    if not no_vlb:
-        vlb, se = vlb_summary(prior, to_tiles(data.images, prior.image_shape[1]), prior.schedule(steps, spacing))
-        tile_dims = stats.num_tiles * prior.num_dims
-        record["vlb_bits_per_dim"] = vlb * tile_dims / dims  # per original pixel (tiles include padding)
-        record["vlb_stderr"] = se * tile_dims / dims
-        record["overhead_percent"] = 100.0 * (record["bits_per_dim"] / record["vlb_bits_per_dim"] - 1.0)
+    atomic_write(out, blob)
+    rec = compress_record(prior, data.images, stats, params, out, len(blob), with_vlb=not no_vlb)
+    rec["renamed"] = [[a, b] for a, b in zip(data.names, stats.names) if a != b]
     if as_json:
-        emit_json(record)
-        return
-    click.echo(f"wrote {out}: {stats.num_images} images, {len(blob):,} bytes, {record['bits_per_dim']:.4f} bits/dim")
-    click.echo(f"  payload {record['payload_bits_per_dim']:.4f} bits/dim, header {stats.header_bits} bits, "
-               f"initial bits {stats.initial_bits}, first tile by a classic codec {stats.bootstrap_bits} bits "
-               f"({steps} steps, {spacing}, G = {grid:g})")
-    if not no_vlb:
-        click.echo(f"  VLB {record['vlb_bits_per_dim']:.4f} ± {record['vlb_stderr']:.4f} bits/dim "
-                   f"→ overhead {record['overhead_percent']:+.2f} %")
-    click.echo(f"  {stats.seconds:.1f} s, coder share {100 * stats.coder_share:.1f} % beyond the network")
+        emit_json(rec)
+    else:
+        print_compress(rec)
 
 
 @click.command(name="decompress")
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("-o", "--out", type=click.Path(file_okay=False), required=True, help="Output folder.")
+@click.option("-o", "--out", type=click.Path(file_okay=False), required=True, help="Output folder (created if missing).")
 @click.option("--npy", is_flag=True, help="Write one images.npy [N, C, H, W] instead of PNG files.")
+@click.option("--force", is_flag=True, help="Overwrite files of the same names in the output folder.")
 @prior_option
 @device_option
 @json_option
 @one_line_errors
-def decompress_cmd(file, out, npy, prior_path, device, as_json):
-    """Decompress a file written by `diffcodec compress` (bit-exact, or an error and nothing written)."""
+def decompress_cmd(file, out, npy, force, prior_path, device, as_json):
+    """Decompress a file written by `diffcodec compress` (bit-exact, or an error and nothing written).
+
+    Existing files are never overwritten without --force (checked before decoding); the images are
+    written to a temporary folder and moved into place only once all of them are written.
+    """
+    import numpy as np
+
+    from diffcodec.coding.lossless import decompress, read_header
+    from diffcodec.files import check_output_folder, staged_folder
+    from diffcodec.images import write_image
+
     if not Path(file).is_file():
         raise ValueError(f"{file}: no such file")
     blob = Path(file).read_bytes()
+    header = read_header(blob)  # every field checked, names unique: before any work
+    targets = ["images.npy"] if npy else header.names
+    check_output_folder(out, targets, overwrite=force)
     prior, _ = open_prior(prior_path, device)
     images, names, stats = decompress(prior, blob, progress=True)
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    if npy:
-        np.save(folder / "images.npy", images, allow_pickle=False)
-    else:
-        for name, image in zip(names, images):
-            target = folder / (name if name.lower().endswith(".png") else name + ".png")
-            write_image(target, image)
-    record = {"images": len(images), "out": str(folder), "decode_seconds": stats.seconds, "coder_share": stats.coder_share}
+    with staged_folder(out, targets, overwrite=force) as tmp:
+        if npy:
+            np.save(tmp / "images.npy", images, allow_pickle=False)
+        else:
+            for name, image in zip(names, images):
+                write_image(tmp / name, image)
+    record = {"images": len(images), "out": str(out), "files": targets, "decode_seconds": stats.seconds,
+              "coder_share": stats.coder_share}
     if as_json:
         emit_json(record)
         return
-    click.echo(f"decoded {len(images)} images into {folder} ({stats.seconds:.1f} s, bit-exact: checksums verified)")
+    click.echo(f"decoded {len(images)} image{'s' * (len(images) != 1)} into {out} ({stats.seconds:.1f} s, "
+               f"bit-exact: checksums of pixels and names verified)")

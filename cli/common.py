@@ -1,4 +1,7 @@
-"""Options and helpers shared by the commands: one-line errors, prior loading, JSON output."""
+"""Options and helpers shared by the commands: one-line errors, prior loading, JSON output.
+
+Kept light (no torch at import time, see cli/main.py): heavy modules are imported inside the helpers.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +10,6 @@ import json
 import sys
 
 import click
-import torch
-
-from diffcodec.checkpoint import load_prior
-from diffcodec.runtime import resolve_device
 
 prior_option = click.option(
     "--prior",
@@ -23,6 +22,11 @@ device_option = click.option(
     "--device", default="auto", show_default=True, help="auto, cpu or cuda[:N]. Figures in the README are CPU figures."
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the human summary.")
+
+
+def steps_option(default: int | None, help: str):
+    """--steps K, defined once so that every command checks it alike (K ≥ 1 here; K ≤ T by the prior)."""
+    return click.option("--steps", type=click.IntRange(min=1), default=default, show_default=default is not None, help=help)
 
 
 def one_line_errors(fn):
@@ -45,13 +49,18 @@ def one_line_errors(fn):
 
 
 def open_prior(prior_path: str | None, device: str):
+    from diffcodec.checkpoint import load_prior
+    from diffcodec.runtime import resolve_device
+
     dev = resolve_device(device)
     return load_prior(prior_path, dev), dev
 
 
 def emit_json(obj) -> None:
-    click.echo(json.dumps(obj, indent=2, sort_keys=False))
+    click.echo(json.dumps(obj, indent=2, sort_keys=False, allow_nan=False))
 
 
-def seeded(seed: int) -> torch.Generator:
+def seeded(seed: int):
+    import torch
+
     return torch.Generator().manual_seed(seed)

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import click
-import numpy as np
 
-from diffcodec.data import load_images
-from diffcodec.defaults import CODEC_SPACING
-from diffcodec.likelihood import DEFAULT_BATCH, DEFAULT_PAIRS_PER_CALL, Estimator, Likelihood, evaluate_nll, plot_likelihood
+from diffcodec.defaults import (CODEC_SPACING, DEFAULT_BATCH, DEFAULT_PAIRS_PER_CALL, DEFAULT_SAMPLES, MC_SAVING,
+                                Estimator)
 from diffcodec.schedule import Spacing
 
-from .common import device_option, emit_json, json_option, one_line_errors, open_prior, prior_option
-from .sample import steps_option
+from .common import device_option, emit_json, json_option, one_line_errors, open_prior, prior_option, steps_option
+
+if TYPE_CHECKING:
+    from diffcodec.likelihood import Likelihood
 
 TABLE_ROWS = 16
 
@@ -21,7 +22,7 @@ TABLE_ROWS = 16
 @click.command()
 @prior_option
 @click.option("--data", "data_spec", required=True, help="fashion-mnist:test|train, a folder of PNGs, an image, or .npy/.npz.")
-@steps_option
+@steps_option(None, "Respace the chain to K steps (default: the prior's full schedule).")
 @click.option(
     "--spacing",
     type=click.Choice([s.value for s in Spacing]),
@@ -32,15 +33,19 @@ TABLE_ROWS = 16
 @click.option(
     "--estimator",
     type=click.Choice([e.value for e in Estimator]),
-    default=Estimator.EXACT.value,
+    default=Estimator.AUTO.value,
     show_default=True,
-    help="exact: every step; mc: stratified importance sampling of --samples steps per image.",
+    help=f"exact: every step; mc: stratified importance sampling of --samples steps per image (unbiased); "
+    f"auto: mc when it needs under 1/{MC_SAVING} of exact's network calls (K > {MC_SAVING}·(S + 1)), else exact.",
 )
-@click.option("--samples", type=int, default=16, show_default=True, help="Steps sampled per image by --estimator mc.")
-@click.option("--limit", type=int, default=None, help="Evaluate only the first N images.")
-@click.option("--batch", type=int, default=DEFAULT_BATCH, show_default=True, help="Images per batch.")
-@click.option("--pairs", type=int, default=DEFAULT_PAIRS_PER_CALL, show_default=True, help="(image, step) pairs per network call.")
-@click.option("--workers", type=int, default=None, help="Image groups evaluated in parallel on CPU. Default: torch's thread count.")
+@click.option("--samples", type=click.IntRange(min=1), default=DEFAULT_SAMPLES, show_default=True,
+              help="Steps sampled per image by the mc estimator (S).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate only the first N images.")
+@click.option("--batch", type=click.IntRange(min=1), default=DEFAULT_BATCH, show_default=True, help="Images per batch.")
+@click.option("--pairs", type=click.IntRange(min=1), default=DEFAULT_PAIRS_PER_CALL, show_default=True,
+              help="(image, step) pairs per network call.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Image groups evaluated in parallel on CPU. Default: torch's thread count.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @device_option
 @json_option
@@ -48,29 +53,51 @@ TABLE_ROWS = 16
 @one_line_errors
 def nll(prior_path, data_spec, steps, spacing, estimator, samples, limit, batch, pairs, workers, seed, device, as_json, plot):
     """Bits/dim of the variational bound on a data set, per step (DDPM Table 4) and in total."""
+    from diffcodec.data import load_images
+    from diffcodec.files import check_output_file
+    from diffcodec.likelihood import evaluate_nll, evaluations_per_image, plot_likelihood, resolve_estimator
+
+    if plot:
+        check_output_file(plot)
     prior, _ = open_prior(prior_path, device)
-    data = load_images(data_spec).subset(limit)
+    data = load_images(data_spec, prior.image_shape[0], prior.image_shape[1:]).subset(limit)
     schedule = prior.schedule(steps, spacing)
+    used = resolve_estimator(estimator, schedule.num_steps, samples)
+    evals = len(data) * evaluations_per_image(used, schedule.num_steps, samples)
+    click.echo(f"nll: {len(data):,} images, {schedule.num_steps} steps, {describe(used, samples, estimator)}: "
+               f"{evals:,} network evaluations", err=True)
     result = evaluate_nll(
-        prior, data.images, schedule, estimator=estimator, samples=samples, batch=batch, pairs_per_call=pairs,
+        prior, data.images, schedule, estimator=used, samples=samples, batch=batch, pairs_per_call=pairs,
         workers=workers, seed=seed, progress=True,
     )
     if plot:
         plot_likelihood(result, plot)
     if as_json:
-        emit_json({"data": data_spec, "spacing": spacing if schedule.num_steps < schedule.T else None, **result.to_dict()})
+        emit_json({"data": data_spec, "spacing": spacing if schedule.num_steps < schedule.T else None,
+                   "estimator_requested": estimator, **result.to_dict()})
         return
-    print_summary(result, data_spec, schedule.T)
+    print_summary(result, data_spec, schedule.T, estimator)
     if plot:
         click.echo(f"wrote {plot}")
 
 
-def print_summary(r: Likelihood, data_spec: str, T: int) -> None:
+def describe(used: Estimator, samples: int, requested: str) -> str:
+    """What the estimator computes, in words, and why when AUTO chose it."""
+    how = "exact sum over every step" if used is Estimator.EXACT else f"Monte Carlo over steps, {samples} per image"
+    if Estimator(requested) is Estimator.AUTO:
+        other = "--estimator exact for every step" if used is Estimator.MC else "--estimator mc to sample steps"
+        how += f" (auto; {other})"
+    return how
+
+
+def print_summary(r: Likelihood, data_spec: str, T: int, requested: str = Estimator.AUTO.value) -> None:
+    import numpy as np
+
     lo, hi = r.total_bpd_ci95
     spread = "" if math.isnan(r.total_bpd_stderr) else f" ± {r.total_bpd_stderr:.4f} (95% CI {lo:.4f}–{hi:.4f})"
-    how = "exact sum over steps" if r.estimator is Estimator.EXACT else f"Monte Carlo, {r.samples} steps/image"
     click.echo(f"prior     {r.prior_digest or '(unsaved)'}")
-    click.echo(f"data      {data_spec}: {r.num_images} images, {r.num_steps} of T = {T} steps, {how}")
+    click.echo(f"data      {data_spec}: {r.num_images} images, {r.num_steps} of T = {T} steps")
+    click.echo(f"estimator {describe(r.estimator, r.samples, requested)}")
     click.echo(f"total     {r.total_bpd:.4f} bits/dim{spread}")
     if r.estimator is Estimator.MC and not math.isnan(r.mc_stderr_bpd):
         click.echo(f"          of which step sampling ± {r.mc_stderr_bpd:.4f} (conservative)")
@@ -91,6 +118,8 @@ def print_summary(r: Likelihood, data_spec: str, T: int) -> None:
 
 def table_rows(K: int) -> list[int]:
     """Step indices to print, noisiest first: all when few, else geometric in t (bits sit at small t)."""
+    import numpy as np
+
     if K <= TABLE_ROWS:
         return list(range(K - 1, -1, -1))
     picks = np.unique(np.round(np.geomspace(1, K, TABLE_ROWS)).astype(int) - 1)

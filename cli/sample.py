@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import click
 
-from diffcodec.images import image_grid, write_image
-from diffcodec.sampling import sample as draw_samples
 from diffcodec.schedule import Spacing
 
-from .common import device_option, emit_json, json_option, one_line_errors, open_prior, prior_option, seeded
+from .common import (device_option, emit_json, json_option, one_line_errors, open_prior, prior_option, seeded,
+                     steps_option)
 
-steps_option = click.option(
-    "--steps", type=int, default=None, help="Respace the chain to K steps (default: the prior's full schedule)."
-)
 spacing_option = click.option(
     "--spacing",
     type=click.Choice([s.value for s in Spacing]),
@@ -26,13 +22,18 @@ spacing_option = click.option(
 @prior_option
 @click.option("-n", "num", type=click.IntRange(min=1), default=16, show_default=True, help="Number of samples.")
 @click.option("-o", "--out", type=click.Path(dir_okay=False), required=True, help="Output PNG (a grid of samples).")
-@steps_option
+@steps_option(None, "Respace the chain to K steps (default: the prior's full schedule).")
 @spacing_option
 @click.option("--seed", type=int, default=0, show_default=True)
 @device_option
 @one_line_errors
 def sample(prior_path, num, out, steps, spacing, seed, device):
     """Draw samples from a prior by ancestral sampling and save them as one PNG grid."""
+    from diffcodec.files import check_output_file
+    from diffcodec.images import image_grid, write_image
+    from diffcodec.sampling import sample as draw_samples
+
+    check_output_file(out)
     prior, _ = open_prior(prior_path, device)
     schedule = prior.schedule(steps, spacing)
     images = draw_samples(prior, num, schedule, seeded(seed), progress=True)

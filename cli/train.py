@@ -7,15 +7,6 @@ import os
 from pathlib import Path
 
 import click
-import numpy as np
-import torch
-import torch.distributed as dist
-
-from diffcodec.data import load_images
-from diffcodec.prior import PriorConfig
-from diffcodec.runtime import resolve_device
-from diffcodec.train import TrainConfig, Trainer, fit, read_train_state
-from diffcodec.unet import UNetConfig
 
 from .common import device_option, one_line_errors
 
@@ -87,6 +78,15 @@ def train(data_spec, out, checkpoint, resume, config_file, steps, time_limit, ho
 
     Periodic atomic checkpoints let a run killed at any moment resume exactly with --resume.
     """
+    import torch
+    import torch.distributed as dist
+
+    from diffcodec.files import check_output_file
+    from diffcodec.runtime import resolve_device
+
+    for path in (out, checkpoint, log_path):
+        if path:
+            check_output_file(path, make_parents=True)  # the prior writer creates missing folders
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     dev = resolve_device(device)
     if distributed:
@@ -107,6 +107,10 @@ def train(data_spec, out, checkpoint, resume, config_file, steps, time_limit, ho
 
 def _train(data_spec, out, checkpoint, resume, config_file, steps, time_limit, holdout, eval_images, eval_every,
            ckpt_every, log_path, dev, flags):
+    from diffcodec.data import load_images
+    from diffcodec.prior import PriorConfig
+    from diffcodec.train import TrainConfig, Trainer, fit, read_train_state
+
     data = load_images(data_spec)
     if holdout >= len(data):
         raise ValueError(f"--holdout {holdout} leaves no training images ({len(data)} in {data_spec})")

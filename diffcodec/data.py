@@ -125,8 +125,29 @@ def _describe(shape) -> str:
     return f"{w}x{h} {'grayscale' if c == 1 else 'RGB'}"
 
 
-def load_images(spec: str) -> ImageSet:
-    """Resolve a data SPEC (see the module docstring) to an :class:`ImageSet`."""
+_KIND = {1: "grayscale (1 channel)", 3: "RGB (3 channels)"}
+
+
+def check_fits(s: ImageSet, spec: str, channels: int | None = None, size: tuple[int, int] | None = None) -> None:
+    """ValueError naming the file (for a folder: its first image) unless the images have ``channels``
+    channels and, when given, ``size`` (H, W)."""
+    c, h, w = s.shape
+    where = str(Path(spec) / s.names[0]) if not spec.startswith("fashion-mnist:") and Path(spec).is_dir() else spec
+    if channels is not None and c != channels:
+        raise ValueError(f"{where}: {_KIND.get(c, c)} images, but the prior codes {_KIND.get(channels, channels)} images")
+    if size is not None and (h, w) != tuple(size):
+        raise ValueError(f"{where}: images are {h}x{w}, the prior expects {size[0]}x{size[1]}")
+
+
+def load_images(spec: str, channels: int | None = None, size: tuple[int, int] | None = None) -> ImageSet:
+    """Resolve a data SPEC (see the module docstring) to an :class:`ImageSet`; with ``channels`` (and
+    ``size``) given, images that do not fit are refused with an error naming the file."""
+    s = _load(spec)
+    check_fits(s, spec, channels, size)
+    return s
+
+
+def _load(spec: str) -> ImageSet:
     if spec.startswith("fashion-mnist:"):
         return load_fashion_mnist(spec.split(":", 1)[1])
     path = Path(spec)
@@ -143,11 +164,12 @@ def load_images(spec: str) -> ImageSet:
     return load_image_files([path], spec)
 
 
-def load_many(specs: list[str]) -> ImageSet:
-    """Several SPECs (e.g. a list of PNG files) concatenated; all must share one shape."""
+def load_many(specs: list[str], channels: int | None = None) -> ImageSet:
+    """Several SPECs (e.g. a list of PNG files) concatenated; all must share one shape (and have
+    ``channels`` channels when given)."""
     if not specs:
         raise ValueError("no input given")
-    sets = [load_images(s) for s in specs]
+    sets = [load_images(s, channels) for s in specs]
     shape = sets[0].shape
     for s, spec in zip(sets, specs):
         if s.shape != shape:

@@ -15,6 +15,7 @@ all produced by :mod:`diffcodec.terms`. Two estimators of the per-image VLB:
   the sum. S + 1 network evaluations per image. Its Monte Carlo variance, given the images, is
   estimated by collapsing strata in pairs (a triple when S is odd; conservative, i.e. an
   over-estimate, because stratum means differ); with S = 1 it cannot be estimated.
+- ``AUTO``: MC when K > 4·(S + 1), where it saves more than 4× the network calls, else EXACT.
 
 Per-step figures (``term_bpd``) are means over images. For MC they are Horvitz–Thompson estimates:
 each evaluated pair contributes L_k/(S·q(k)) to its step, every other step contributes 0, so each
@@ -35,7 +36,6 @@ changes float32 network round-off, hence the last two).
 from __future__ import annotations
 
 import contextlib
-import enum
 import math
 import threading
 import time
@@ -46,20 +46,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .defaults import DEFAULT_BATCH, DEFAULT_PAIRS_PER_CALL, DEFAULT_SAMPLES, MC_SAVING, Estimator
 from .diffusion import as_pixels, pixels_to_model, prior_kl
 from .prior import Prior
 from .schedule import Schedule
 from .terms import compute_terms, pair_terms
 from .units import nats_to_bpd
 
-DEFAULT_BATCH = 8  # images per batch
-DEFAULT_PAIRS_PER_CALL = 32  # (image, step) pairs per network call; CPU caches favour small calls
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
-
-
-class Estimator(str, enum.Enum):
-    EXACT = "exact"
-    MC = "mc"
 
 
 @dataclass
@@ -295,13 +289,32 @@ def _inference(prior: Prior, single_threaded: bool):
         prior.train(was_training)
 
 
+def resolve_estimator(estimator: Estimator | str, num_steps: int, samples: int) -> Estimator:
+    """AUTO → MC when it needs fewer than 1/MC_SAVING of EXACT's network calls (K > MC_SAVING·(S + 1)),
+    else EXACT; EXACT and MC are returned as they are. At S = 16 chains of more than 68 steps use MC."""
+    try:
+        estimator = Estimator(estimator)
+    except ValueError:
+        raise ValueError(f"unknown estimator {estimator!r} (expected {', '.join(e.value for e in Estimator)})") from None
+    if estimator is Estimator.AUTO:
+        return Estimator.MC if num_steps > MC_SAVING * (samples + 1) else Estimator.EXACT
+    return estimator
+
+
+def evaluations_per_image(estimator: Estimator, num_steps: int, samples: int) -> int:
+    """Network evaluations per image: K for EXACT, S + 1 for MC (the decoder and S sampled KL steps)."""
+    if estimator is Estimator.EXACT or num_steps == 1:
+        return num_steps
+    return samples + 1
+
+
 def evaluate_nll(
     prior: Prior,
     images,
     schedule: Schedule | None = None,
     *,
     estimator: Estimator | str = Estimator.EXACT,
-    samples: int = 16,
+    samples: int = DEFAULT_SAMPLES,
     batch: int = DEFAULT_BATCH,
     pairs_per_call: int = DEFAULT_PAIRS_PER_CALL,
     workers: int | None = None,
@@ -310,13 +323,14 @@ def evaluate_nll(
 ) -> Likelihood:
     """The VLB of ``images`` ([N, C, H, W] integer pixels 0..255, array or tensor) under ``prior``.
 
-    ``samples`` is S for the MC estimator (ignored by EXACT). ``workers`` defaults to
+    ``estimator`` is EXACT, MC or AUTO (the cheaper of the two, :func:`resolve_estimator`); the result
+    records the one used. ``samples`` is S for the MC estimator (ignored by EXACT). ``workers`` defaults to
     ``torch.get_num_threads()`` on CPU and is 1 on CUDA (see the module docstring). Noise comes from
     CPU generators, so figures do not depend on the device's RNG. Raises ValueError on bad arguments
     or images that do not match the prior.
     """
-    estimator = Estimator(estimator)
     schedule = schedule if schedule is not None else prior.base_schedule
+    estimator = resolve_estimator(estimator, schedule.num_steps, samples)
     if schedule.T != prior.config.num_timesteps:
         raise ValueError(f"schedule has T = {schedule.T}, the prior was trained with T = {prior.config.num_timesteps}")
     if estimator is Estimator.MC and samples < 1:
@@ -339,7 +353,9 @@ def evaluate_nll(
             return _mc_batch(prior, chunk, schedule, gen, pairs_per_call, samples)
 
     start_time = time.perf_counter()
-    with _inference(prior, single_threaded=cpu), tqdm(total=len(pixels), desc="nll", unit="img", disable=not progress) as bar:
+    evals = len(pixels) * evaluations_per_image(estimator, schedule.num_steps, samples)
+    with _inference(prior, single_threaded=cpu), tqdm(total=evals, desc=f"nll {estimator.value}", unit="img-step",
+                                                      unit_scale=True, disable=not progress) as bar:
         parts = _run_groups(prior, run, math.ceil(len(pixels) / batch), workers, bar)
     return _summarize(parts, prior, schedule, estimator, samples, seed, time.perf_counter() - start_time)
 
@@ -351,14 +367,19 @@ class _Cancelled(Exception):
 def _run_groups(prior: Prior, run, num_groups: int, workers: int, bar) -> list[_Batch]:
     """run(0..num_groups−1) on a thread pool, results in group order.
 
-    If the caller is interrupted (Ctrl-C) or a group fails, a forward pre-hook stops every other
-    group at its next network call, so the pool winds down within one call instead of one group.
+    A forward pre-hook on the network advances ``bar`` by the rows of every call (one row per
+    image-step), so its rate and ETA are live from the first call. If the caller is interrupted
+    (Ctrl-C) or a group fails, the same hook stops every other group at its next network call, so
+    the pool winds down within one call instead of one group.
     """
     cancel = threading.Event()
+    lock = threading.Lock()
 
     def stop_if_cancelled(module, args):
         if cancel.is_set():
             raise _Cancelled
+        with lock:
+            bar.update(len(args[0]))
 
     hook = prior.net.register_forward_pre_hook(stop_if_cancelled)
     pool = ThreadPoolExecutor(workers, thread_name_prefix="nll")
@@ -366,7 +387,6 @@ def _run_groups(prior: Prior, run, num_groups: int, workers: int, bar) -> list[_
     try:
         for part in pool.map(run, range(num_groups)):
             parts.append(part)
-            bar.update(len(part.image_nats))
     except BaseException:
         cancel.set()
         raise

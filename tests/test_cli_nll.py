@@ -73,8 +73,9 @@ def test_plot_is_written(files, tmp_path):
     "extra,match",
     [
         (["--steps", 500], "number of steps must be in 1..20"),
-        (["--estimator", "mc", "--samples", 0], "samples must be >= 1"),
-        (["--limit", 0], "--limit must be >= 1"),
+        (["--steps", 0], "'--steps': 0 is not in the range x>=1"),
+        (["--estimator", "mc", "--samples", 0], "'--samples': 0 is not in the range x>=1"),
+        (["--limit", 0], "'--limit': 0 is not in the range x>=1"),
         (["--batch", 0], "batch"),
     ],
 )
@@ -94,8 +95,8 @@ def test_bad_inputs_give_one_line_errors(files, tmp_path):
     cases = [
         (["--prior", tmp_path / "missing.safetensors", "--data", data], "prior file not found"),
         (["--prior", prior, "--data", tmp_path / "nothing.npy"], "no such file"),
-        (["--prior", prior, "--data", rgb], "3 channels, the prior expects 1"),
-        (["--prior", prior, "--data", big], "16x16, the prior expects 8x8"),
+        (["--prior", prior, "--data", rgb], "rgb.npy: RGB (3 channels) images, but the prior codes grayscale"),
+        (["--prior", prior, "--data", big], "big.npy: images are 16x16, the prior expects 8x8"),
     ]
     for args, match in cases:
         result = run("nll", *args)

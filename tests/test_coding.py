@@ -222,8 +222,8 @@ def test_forged_headers_with_valid_checksums_fail_cleanly(coded):
     prior, _, blob = coded
     assert _forge(blob) == blob
     for fields, msg in [
-        (dict(count=2**32 - 1), "claims 4294967295 images"),
-        (dict(height=0), "claims"),
+        (dict(count=2**32 - 1), "count = 4294967295 is outside"),
+        (dict(height=0), "height = 0 is outside"),
         (dict(steps=60000), "steps|schedule"),
         (dict(boot_bytes=2**31), "bootstrap"),
         (dict(tile=9), "inconsistent with its prior"),

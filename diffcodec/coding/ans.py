@@ -34,6 +34,7 @@ _model = constriction.stream.model
 PRECISION_BITS = 24  # constriction's default model precision: p >= 2^-24 for every symbol
 WORD_BITS = 32
 MARGIN_WORDS = 4  # words kept below the deepest pop (the 64-bit head refills from them)
+DRY_WORDS = MARGIN_WORDS - 2  # a decoder pop leaving fewer words has run dry (2 words of slack for the head)
 ESCAPE_BITS = 16  # an escaped residual's excess is sent as two 16-bit uniform symbols
 MAX_ESCAPE = 2 ** (2 * ESCAPE_BITS)
 _UNIFORM = _model.Uniform(2**ESCAPE_BITS)
@@ -71,9 +72,10 @@ def _check_params(mean: np.ndarray, std: np.ndarray, n: int, radius: int) -> tup
 class Stack:
     """An ANS stack of 32-bit words that records how deep pops reached (for the seed accounting)."""
 
-    def __init__(self, words: np.ndarray, sealed: bool):
+    def __init__(self, words: np.ndarray, sealed: bool, floor_words: int = 0):
         words = np.ascontiguousarray(words, dtype=np.uint32)
         self._coder = _stack.AnsCoder(words, seal=sealed)
+        self.floor_words = floor_words  # a pop that leaves fewer words means the stream ran dry
         self.seed = words if sealed else np.zeros(0, np.uint32)  # the seed under the seal, bottom first
         self.prepended_words = 0  # words added at the bottom by ensure_bits
         self._min_depth: list[tuple[int, int]] = []  # (prepended so far, words left) after each pop
@@ -95,10 +97,17 @@ class Stack:
 
     @classmethod
     def from_words(cls, words: np.ndarray) -> "Stack":
-        """The stack a decoder starts from: exactly the words an encoder produced."""
+        """The stack a decoder starts from: exactly the words an encoder produced.
+
+        A decoder passes through the encoder's states in reverse, and the encoder kept at least
+        MARGIN_WORDS under every pop (:meth:`ensure_bits`, and trimming keeps them), so no decoder pop
+        of a genuine stream leaves fewer than MARGIN_WORDS; fewer than ``DRY_WORDS`` means the stream
+        ran dry (a forged header asking for more images than the file holds, or a desynchronized
+        decoder): the pop raises ValueError at once instead of decoding garbage to the end.
+        """
         if len(words) == 0:
             raise ValueError("compressed stream is empty")
-        return cls(words, sealed=False)
+        return cls(words, sealed=False, floor_words=DRY_WORDS)
 
     # -- size and content ------------------------------------------------------------------
     def num_bits(self) -> int:
@@ -140,7 +149,10 @@ class Stack:
         return max(0, deepest - MARGIN_WORDS)
 
     def _after_pop(self) -> None:
-        self._min_depth.append((self.prepended_words, self.num_words()))
+        left = self.num_words()
+        if left < self.floor_words:
+            raise ValueError("decoding desynchronized (the stream ran dry); no images written")
+        self._min_depth.append((self.prepended_words, left))
 
     # -- quantized Gaussians on −radius..radius -------------------------------------------
     def push_gaussian(self, symbols: np.ndarray, mean: np.ndarray, std: np.ndarray, radius: int) -> None:

@@ -10,13 +10,20 @@ they must be (magic, version, digest, hashes), every count an unsigned LEB128 va
              bootstrap codec of tile 0 (1 WebP lossless as a bare VP8L stream, 2 PNG),
              bootstrap bytes, payload words, names kind (0 template, 1 zlib list, 2 plain list),
              names length L
-    names (L) · SHA-256 prefix of the decoded pixels (8) · payload: 4·(payload words), the ANS stack
-    bottom first, uint32 · CRC-32 of every byte before it (4)
+    names (L) · SHA-256 prefix of the names and the decoded pixels (8) · payload: 4·(payload words),
+    the ANS stack bottom first, uint32 · CRC-32 of every byte before it (4)
 
-The CRC covers the whole file, so any truncation or flipped bit is caught before decoding; the pixel
-hash catches a decoder that desynchronized (another prior under the same digest prefix, other
-float arithmetic). Stack order of the payload: see coding.bitsback (one Bit-Swap chain per batch of
-tiles, batches pushed in order and popped in reverse). Round trip (a test executes this)::
+The CRC covers the whole file, so any truncation or flipped bit is caught before decoding; the
+content hash (coding.lossless.content_hash: shape, names, pixels) catches a decoder that
+desynchronized (another prior under the same digest prefix, other float arithmetic) and a file whose
+names were changed, CRC and all. Stack order of the payload: see coding.bitsback (one Bit-Swap chain
+per batch of tiles, batches pushed in order and popped in reverse).
+
+A file is a decoder's input from anywhere, so :func:`unpack` checks every field against its legal
+range (:data:`LIMITS`), against the file's own size, and the work it implies (tiles × steps and the
+pixels to allocate, :func:`check_work`) before anything is decoded or allocated. Names are plain
+file names ending in ``.png``, unique even on a case-insensitive file system
+(:func:`unique_output_names` makes them so at compress time). Round trip (a test executes this)::
 
     >>> import numpy as np
     >>> h = Header(prior_digest="ab" * 32, steps=10, spacing=1, grid_eighths=24, threads=1,
@@ -27,10 +34,13 @@ tiles, batches pushed in order and popped in reverse). Round trip (a test execut
     >>> h2, w2 = unpack(blob)
     >>> h2 == h, bool((w2 == words).all()), len(blob) - 4 * len(words)
     (True, True, 51)
+    >>> unique_output_names(["a", "a.png", "A.PNG", "b.bmp"])
+    ['a-3.png', 'a.png', 'A-2.PNG', 'b.bmp.png']
 """
 
 from __future__ import annotations
 
+import math
 import re
 import struct
 import zlib
@@ -39,14 +49,24 @@ from dataclasses import dataclass, field
 import numpy as np
 
 MAGIC = b"DCL"
-VERSION = 2
+VERSION = 3  # 3: names inside the content hash, every field range-checked (2 hashed the pixels alone)
 DIGEST_BYTES = 8
 HASH_BYTES = 8
-MAX_PIXELS = 1 << 32  # decoded pixels a file may claim; a forged header must not make us allocate more
+MAX_PIXELS = 1 << 30  # image or tile pixels a file may claim (1 GiB of uint8): a forged header must not make us allocate more
+MAX_IMAGES = 1 << 20  # images per file (their names are built in memory)
+MAX_TILE_STEPS = 1 << 30  # network evaluations a file may claim (tiles × steps; about 60 CPU-days of the default prior)
+NAME_MAX = 255  # bytes of a file name (common file systems)
 NAME_TEMPLATE, NAME_ZLIB, NAME_PLAIN = 0, 1, 2
 _NAME_RE = re.compile(r"^(.*?)(\d+)(\D*)$")
 _VARINT_FIELDS = ("steps", "spacing", "grid_eighths", "threads", "max_batch", "count", "channels", "height",
                   "width", "tile", "seed_words", "boot_codec", "boot_bytes")
+# Legal range of every varint field (inclusive); the seed and bootstrap sizes are checked against the
+# payload instead. Grid G = grid_eighths/8 in 0.25..31.875 (coding.bitsback.LatentGrid needs G ≥ 0.25).
+LIMITS = {
+    "steps": (1, 65535), "spacing": (0, 1), "grid_eighths": (2, 255), "threads": (1, 255), "max_batch": (1, 65535),
+    "count": (1, MAX_IMAGES), "channels": (1, 3), "height": (1, 65535), "width": (1, 65535), "tile": (1, 65535),
+    "boot_codec": (1, 2),
+}
 
 
 @dataclass(frozen=True)
@@ -126,9 +146,16 @@ def _decode_names(kind: int, body: bytes, count: int) -> list[str]:
         if kind == NAME_TEMPLATE:
             prefix, suffix, start, width = body.decode().split("\0")
             start, width = int(start), int(width)
+            if not (0 <= start < 10**20 and 0 <= width <= 20 and len(prefix) + len(suffix) <= NAME_MAX):
+                raise ValueError("bad name template")
             return [f"{prefix}{start + i:0{width}d}{suffix}" for i in range(count)]
         if kind in (NAME_ZLIB, NAME_PLAIN):
-            names = (zlib.decompress(body) if kind == NAME_ZLIB else body).decode().split("\n")
+            if kind == NAME_ZLIB:  # bounded: a small body must not inflate without limit
+                inflater = zlib.decompressobj()
+                body = inflater.decompress(body, count * (NAME_MAX + 1))
+                if inflater.unconsumed_tail or not inflater.eof:
+                    raise ValueError("names too long")
+            names = body.decode().split("\n")
             if len(names) == count:
                 return names
     except (ValueError, zlib.error, UnicodeDecodeError):
@@ -137,10 +164,72 @@ def _decode_names(kind: int, body: bytes, count: int) -> list[str]:
 
 
 def check_name(name: str) -> str:
-    """A plain file name (no directories, no newlines): what we write back into the output folder."""
-    if not name or name in (".", "..") or any(c in name for c in "/\\\n\0"):
+    """A plain file name (no directories, no newlines) ending in .png, at most NAME_MAX bytes: what we
+    write back into the output folder."""
+    if not name or name in (".", "..") or any(c in name for c in "/\\\n\0") or name.startswith("."):
         raise ValueError(f"unusable image name {name!r} (names must be plain file names)")
+    if not name.lower().endswith(".png") or len(name.encode()) > NAME_MAX:
+        raise ValueError(f"unusable image name {name[:40]!r} (names must end in .png, at most {NAME_MAX} bytes)")
     return name
+
+
+def check_unique(names: list[str]) -> None:
+    """ValueError if two names are equal ignoring case (one file on a case-insensitive file system)."""
+    seen: dict[str, str] = {}
+    for n in names:
+        key = n.casefold()
+        if key in seen:
+            raise ValueError(f"two images share the output name {n!r} ({seen[key]!r})")
+        seen[key] = n
+
+
+def _fit(stem: str, tail: str) -> str:
+    """stem + tail, the stem shortened (on a character boundary) so that the name fits NAME_MAX bytes."""
+    while len((stem + tail).encode()) > NAME_MAX and stem:
+        stem = stem[:-1]
+    return stem + tail
+
+
+def unique_output_names(names: list[str]) -> list[str]:
+    """The names to store for images called ``names`` (input file names): each becomes a plain file
+    name ending in .png (``a`` → ``a.png``, ``b.bmp`` → ``b.bmp.png``), and names that would collide,
+    ignoring case, get ``-2``, ``-3``, … before the suffix. Names already usable as they are keep
+    them first, then earlier images before later ones. Images with unusable names (folders,
+    newlines) raise ValueError."""
+    wanted = []
+    for n in names:
+        if not n or n in (".", "..") or any(c in n for c in "/\\\n\0"):
+            raise ValueError(f"unusable image name {n!r} (names must be plain file names)")
+        stem, ext = (n[:-4], n[-4:]) if n.lower().endswith(".png") else (n, ".png")
+        wanted.append(_fit(stem.lstrip(".") or "image", ext))
+    taken = {w.casefold() for w in wanted}
+    out: list[str | None] = [None] * len(names)
+    used: set[str] = set()
+    next_k: dict[str, int] = {}  # per colliding name, the next suffix to try
+    for i in sorted(range(len(names)), key=lambda i: wanted[i] != names[i]):  # stable: unchanged names first
+        name = wanted[i]
+        if name.casefold() in used:
+            stem, ext, k = name[:-4], name[-4:], next_k.get(name.casefold(), 2)
+            while (key := (alt := _fit(stem, f"-{k}{ext}")).casefold()) in taken or key in used:
+                k += 1
+            next_k[name.casefold()] = k + 1
+            name = alt
+        used.add(name.casefold())
+        out[i] = name
+    return out
+
+
+def check_work(count: int, channels: int, height: int, width: int, tile: int, steps: int) -> int:
+    """Number of tiles of ``count`` images tiled by ``tile``; ValueError if the pixels to allocate or the
+    network evaluations (tiles × steps) exceed MAX_PIXELS / MAX_TILE_STEPS."""
+    tiles = count * math.ceil(height / tile) * math.ceil(width / tile)
+    pixels = max(count * height * width, tiles * tile * tile) * channels
+    if pixels > MAX_PIXELS or tiles * steps > MAX_TILE_STEPS:
+        raise ValueError(
+            f"{count} images of {channels}x{height}x{width} ({tiles} tiles × {steps} steps) exceed this "
+            f"diffcodec's limits ({MAX_PIXELS} pixels, {MAX_TILE_STEPS} tile-steps)"
+        )
+    return tiles
 
 
 def pack(header: Header, payload: np.ndarray) -> bytes:
@@ -148,8 +237,12 @@ def pack(header: Header, payload: np.ndarray) -> bytes:
     payload = np.ascontiguousarray(payload, dtype="<u4")
     for n in header.names:
         check_name(n)
+    check_unique(header.names)
     if len(header.names) != header.count:
         raise ValueError("one name per image is required")
+    for f, (lo, hi) in LIMITS.items():
+        if not lo <= getattr(header, f) <= hi:
+            raise ValueError(f"header field {f} = {getattr(header, f)} is outside {lo}..{hi}")
     if len(header.pixel_hash) != HASH_BYTES:
         raise ValueError(f"pixel hash must be {HASH_BYTES} bytes")
     kind, body = _encode_names(header.names)
@@ -169,18 +262,43 @@ def unpack(blob: bytes) -> tuple[Header, np.ndarray]:
     digest = r.take(DIGEST_BYTES)
     values = {f: r.varint() for f in _VARINT_FIELDS}
     payload_words, kind, names_len = r.varint(), r.varint(), r.varint()
-    n, c, h, w = (values[f] for f in ("count", "channels", "height", "width"))
-    if min(n, c, h, w) == 0 or n * c * h * w > MAX_PIXELS:
-        raise ValueError(f"compressed file is corrupted (it claims {n} images of {c}x{h}x{w})")
     expected = r.pos + names_len + HASH_BYTES + 4 * payload_words + 4
     if len(blob) != expected:
         what = "truncated" if len(blob) < expected else "followed by extra bytes"
         raise ValueError(f"compressed file is {what} ({len(blob)} bytes, its header says {expected})")
     if struct.unpack_from("<I", blob, len(blob) - 4)[0] != zlib.crc32(blob[:-4]):
         raise ValueError("compressed file is corrupted (checksum mismatch)")
+    _check_fields(values, payload_words, kind)
+    n = values["count"]
     names = [check_name(x) for x in _decode_names(kind, r.take(names_len), n)]
+    try:
+        check_unique(names)
+    except ValueError as err:
+        raise ValueError(f"compressed file is corrupted ({err})") from None
     pixel_hash = r.take(HASH_BYTES)
     data = r.take(4 * payload_words)
     header = Header(prior_digest=digest.hex(), **values, pixel_hash=pixel_hash, names=names, payload_words=payload_words)
     return header, np.frombuffer(data, dtype="<u4").astype(np.uint32)
 
+
+
+def _check_fields(v: dict, payload_words: int, names_kind: int) -> None:
+    """Every header field within its legal range, consistent with the payload size, and the work it
+    implies within this diffcodec's limits; ValueError naming the first field that is not."""
+    for f, (lo, hi) in LIMITS.items():
+        if not lo <= v[f] <= hi:
+            raise ValueError(f"compressed file is corrupted (header field {f} = {v[f]} is outside {lo}..{hi})")
+    if v["channels"] == 2:
+        raise ValueError("compressed file is corrupted (header field channels = 2; expected 1 or 3)")
+    if names_kind not in (NAME_TEMPLATE, NAME_ZLIB, NAME_PLAIN):
+        raise ValueError(f"compressed file is corrupted (unknown names kind {names_kind})")
+    boot_words = -(-v["boot_bytes"] // 4)
+    if not 0 < boot_words < v["seed_words"] <= payload_words:
+        raise ValueError(
+            f"compressed file is corrupted (bootstrap of {v['boot_bytes']} bytes, seed of {v['seed_words']} "
+            f"words, payload of {payload_words} words)"
+        )
+    try:
+        check_work(v["count"], v["channels"], v["height"], v["width"], v["tile"], v["steps"])
+    except ValueError as err:
+        raise ValueError(f"compressed file is corrupted or too large ({err})") from None

@@ -48,16 +48,14 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..defaults import CODEC_SPACING, CODEC_STEPS
+from ..defaults import CODEC_SPACING, CODEC_STEPS, DEFAULT_GRID, DEFAULT_MAX_BATCH
 from ..diffusion import as_pixels
 from ..prior import Prior
 from ..schedule import Spacing
 from .ans import WORD_BITS, Stack
 from .bitsback import LatentGrid, decode_batch, encode_batch
-from .container import Header, pack, unpack
+from .container import MAX_IMAGES, Header, check_work, pack, unique_output_names, unpack
 
-DEFAULT_GRID = 2.0  # measured on the Gaussian oracle (T = 1000, 100 steps): G = 2, 3, 4 → +0.08, +0.09, +0.11 %
-DEFAULT_MAX_BATCH = 64
 BATCH_GROWTH = 0.5  # a new batch holds at most this fraction of the tiles coded before it
 _SPACINGS = [Spacing.EVEN, Spacing.FRONT]
 
@@ -79,15 +77,21 @@ class CodecParams:
             raise ValueError(f"threads must be in 1..255, got {threads}")
         if not 1 <= self.max_batch <= 65535:
             raise ValueError(f"max batch must be in 1..65535, got {self.max_batch}")
-        if self.grid * 8 != round(self.grid * 8) or not 1 <= self.grid * 8 <= 255:
-            raise ValueError(f"grid G must be a multiple of 1/8 in 0.125..31.875, got {self.grid}")
+        if self.grid * 8 != round(self.grid * 8) or not 2 <= self.grid * 8 <= 255:
+            raise ValueError(f"grid G must be a multiple of 1/8 in 0.25..31.875, got {self.grid}")
         prior.schedule(self.steps, self.spacing)  # validates steps
         return CodecParams(self.steps, Spacing(self.spacing), float(self.grid), threads, self.max_batch)
 
 
 @dataclass
 class CodecStats:
-    """What a compress or decompress call did. Bits are whole-file figures, not per image."""
+    """What a compress or decompress call did. Bits are whole-file figures, not per image.
+
+    file = header + payload, payload = seed + chain: the seed holds tile 0's classic file (the
+    bootstrap, padded to whole words) and the initial bits (pseudo-random words that the first pops
+    needed, plus the seal word); the chain is everything the Bit-Swap chains of tiles 1..n−1 added
+    on top, to be compared with their VLB. Header and initial bits are the fixed costs of a file.
+    """
 
     num_images: int
     num_tiles: int
@@ -96,13 +100,24 @@ class CodecStats:
     header_bits: int
     payload_bits: int  # the ANS stack, initial bits included
     initial_bits: int  # pseudo-random seed words kept under the bootstrap tile, plus the seal word
-    bootstrap_bits: int  # tile 0's classic file at the top of the seed (real information, not overhead)
+    bootstrap_bits: int  # tile 0's classic file at the bottom of the seed (real information, not overhead)
+    seed_bits: int  # the whole seed: bootstrap padded to words + initial bits
+    bootstrap_codec: str  # "WebP lossless" or "PNG"
     seconds: float
     network_seconds: float  # inside the prior (network and its float64 head)
+    names: list[str]  # the images' names as stored in the file (made unique by compress)
 
     @property
-    def coder_share(self) -> float:
-        return 1.0 - self.network_seconds / self.seconds if self.seconds > 0 else 0.0
+    def chain_bits(self) -> int:
+        """Bits the chain of tiles 1..n−1 added above the seed (0 for a one-tile file)."""
+        return self.payload_bits - self.seed_bits
+
+    @property
+    def coder_share(self) -> float | None:
+        """Fraction of the time spent outside the network; None when the network never ran (one tile)."""
+        if self.network_seconds <= 0 or self.seconds <= 0:
+            return None
+        return 1.0 - self.network_seconds / self.seconds
 
 
 @contextlib.contextmanager
@@ -118,6 +133,8 @@ def pinned_threads(n: int):
 
 def batch_sizes(total: int, max_batch: int) -> list[int]:
     """Tiles per batch: 1, 1, 1, 1, 2, 3, 4, 6, … (≤ BATCH_GROWTH × tiles so far), capped at max_batch."""
+    if max_batch < 1:
+        raise ValueError(f"max batch must be >= 1, got {max_batch}")
     sizes, done = [], 0
     while done < total:
         n = min(max_batch, total - done, max(1, int(BATCH_GROWTH * done)))
@@ -143,8 +160,10 @@ def from_tiles(tiles: np.ndarray, n: int, h: int, w: int) -> np.ndarray:
     return np.ascontiguousarray(padded[:, :, :h, :w])
 
 
-def pixel_hash(images: np.ndarray) -> bytes:
+def content_hash(images: np.ndarray, names: list[str]) -> bytes:
+    """First 8 bytes of SHA-256 over the shape, the names and the pixels: what a decoder checks last."""
     h = hashlib.sha256(str(list(images.shape)).encode())
+    h.update("\n".join(names).encode() + b"\0")
     h.update(np.ascontiguousarray(images, dtype=np.uint8).tobytes())
     return h.digest()[:8]
 
@@ -170,6 +189,7 @@ class _Network:
 
 
 BOOT_WEBP, BOOT_PNG = 1, 2  # bootstrap codecs of tile 0: WebP lossless (a bare VP8L stream), PNG
+BOOT_NAMES = {BOOT_WEBP: "WebP lossless", BOOT_PNG: "PNG"}
 
 
 def _classic(tile: np.ndarray, codec: int) -> bytes:
@@ -232,8 +252,10 @@ def _check_images(prior: Prior, images) -> np.ndarray:
         raise ValueError(f"images are {kind.get(images.shape[1], images.shape[1])} but the prior codes {kind[c]} images")
     if len(images) == 0 or images.shape[2] < 1 or images.shape[3] < 1:
         raise ValueError("no pixels to compress")
-    if len(images) >= 2**32 or max(images.shape[2:]) >= 2**16:
+    if max(images.shape[2:]) >= 2**16:
         raise ValueError(f"images of {images.shape[3]}x{images.shape[2]} pixels are too large for the file format (max 65535)")
+    if len(images) > MAX_IMAGES:
+        raise ValueError(f"{len(images)} images are more than one file holds ({MAX_IMAGES}); split them into several files")
     return images
 
 
@@ -243,9 +265,11 @@ def compress(prior: Prior, images, names: list[str], params: CodecParams = Codec
     images = _check_images(prior, images)
     if prior.digest is None:
         raise ValueError("the prior has no digest (load it with diffcodec.checkpoint.load_prior)")
-    if len(names) != len(images) or len(set(names)) != len(names):
-        raise ValueError("every image needs its own name (two inputs share a file name?)")
+    if len(names) != len(images):
+        raise ValueError(f"{len(images)} images but {len(names)} names")
+    names = unique_output_names(list(names))
     params = params.resolved(prior)
+    check_work(len(images), images.shape[1], images.shape[2], images.shape[3], prior.image_shape[1], params.steps)
     schedule = prior.schedule(params.steps, params.spacing)
     grid = LatentGrid.build(schedule, params.grid)
     tiles = to_tiles(images, prior.image_shape[1])
@@ -266,14 +290,15 @@ def compress(prior: Prior, images, names: list[str], params: CodecParams = Codec
         prior_digest=prior.digest, steps=params.steps, spacing=_SPACINGS.index(params.spacing),
         grid_eighths=round(params.grid * 8), threads=params.threads, max_batch=params.max_batch, count=n,
         channels=c, height=h, width=w, tile=prior.image_shape[1], seed_words=len(seed) + 1,
-        pixel_hash=pixel_hash(images), boot_codec=boot_codec, boot_bytes=len(boot), names=list(names),
+        pixel_hash=content_hash(images, names), boot_codec=boot_codec, boot_bytes=len(boot), names=names,
     )
     blob = pack(header, payload)
     stats = CodecStats(
         num_images=n, num_tiles=len(tiles), dims_per_image=c * h * w, file_bits=8 * len(blob),
         header_bits=8 * (len(blob) - 4 * len(payload)), payload_bits=WORD_BITS * len(payload),
         initial_bits=WORD_BITS * (header.seed_words - len(_as_words(boot))), bootstrap_bits=8 * len(boot),
-        seconds=time.perf_counter() - t0, network_seconds=net.seconds,
+        seed_bits=WORD_BITS * header.seed_words, bootstrap_codec=BOOT_NAMES[boot_codec],
+        seconds=time.perf_counter() - t0, network_seconds=net.seconds, names=names,
     )
     return blob, stats
 
@@ -292,15 +317,15 @@ def decompress(prior: Prior, blob: bytes, progress: bool = False):
             f"{(prior.digest or 'unknown')[:16]}…); pass the right one with --prior"
         )
     c, size = prior.image_shape[0], prior.image_shape[1]
-    if header.channels != c or header.tile != size or header.spacing >= len(_SPACINGS) or header.grid_eighths == 0:
-        raise ValueError("compressed file is inconsistent with its prior (corrupted header)")
+    if header.channels != c or header.tile != size:
+        raise ValueError(
+            f"compressed file is inconsistent with its prior (it holds {header.channels}-channel tiles of "
+            f"{header.tile}x{header.tile}, the prior codes {c}-channel {size}x{size} images)"
+        )
     schedule = prior.schedule(header.steps, _SPACINGS[header.spacing])
     grid = LatentGrid.build(schedule, header.grid_eighths / 8)
-    th, tw = math.ceil(header.height / size), math.ceil(header.width / size)
-    num_tiles = header.count * th * tw
+    num_tiles = check_work(header.count, c, header.height, header.width, size, header.steps)
     boot_words = -(-header.boot_bytes // 4)
-    if header.boot_codec not in (BOOT_WEBP, BOOT_PNG) or not 0 < boot_words < header.seed_words:
-        raise ValueError("compressed file is corrupted (bad bootstrap fields)")
     sizes = batch_sizes(num_tiles - 1, header.max_batch)
     tiles = np.empty((num_tiles, c, size, size), dtype=np.uint8)
     stack = Stack.from_words(payload)
@@ -317,12 +342,13 @@ def decompress(prior: Prior, blob: bytes, progress: bool = False):
     boot = seed[len(seed) - boot_words :].astype("<u4").tobytes()[: header.boot_bytes]
     tiles[0] = _unclassic(boot, header.boot_codec, (c, size, size))
     images = from_tiles(tiles, header.count, header.height, header.width)
-    if pixel_hash(images) != header.pixel_hash:
-        raise ValueError("decoding desynchronized (decoded pixels fail their checksum); no images written")
+    if content_hash(images, header.names) != header.pixel_hash:
+        raise ValueError("decoding desynchronized or names altered (decoded pixels and names fail their checksum); no images written")
     stats = CodecStats(
         num_images=header.count, num_tiles=num_tiles, dims_per_image=c * header.height * header.width,
         file_bits=8 * len(blob), header_bits=8 * (len(blob) - 4 * len(payload)), payload_bits=WORD_BITS * len(payload),
         initial_bits=WORD_BITS * (header.seed_words - boot_words), bootstrap_bits=8 * header.boot_bytes,
-        seconds=time.perf_counter() - t0, network_seconds=net.seconds,
+        seed_bits=WORD_BITS * header.seed_words, bootstrap_codec=BOOT_NAMES[header.boot_codec],
+        seconds=time.perf_counter() - t0, network_seconds=net.seconds, names=header.names,
     )
     return images, header.names, stats
