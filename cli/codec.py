@@ -153,18 +153,21 @@ def decompress_cmd(file, out, npy, force, prior_path, device, as_json):
     Existing files are never overwritten without --force (checked before decoding); the images are
     written to a temporary folder and moved into place only once all of them are written.
     """
-    import numpy as np
-
-    from diffcodec.coding.lossless import decompress, read_header
+    from diffcodec.coding.container import unpack
     from diffcodec.files import check_output_folder, staged_folder
-    from diffcodec.images import write_image
 
     if not Path(file).is_file():
         raise ValueError(f"{file}: no such file")
     blob = Path(file).read_bytes()
-    header = read_header(blob)  # every field checked, names unique: before any work
+    header, _ = unpack(blob)  # every field checked, names unique: before any work (and before torch loads)
     targets = ["images.npy"] if npy else header.names
     check_output_folder(out, targets, overwrite=force)
+
+    import numpy as np
+
+    from diffcodec.coding.lossless import decompress
+    from diffcodec.images import write_image
+
     prior, _ = open_prior(prior_path, device)
     images, names, stats = decompress(prior, blob, progress=True)
     with staged_folder(out, targets, overwrite=force) as tmp:
