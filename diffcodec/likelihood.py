@@ -355,7 +355,7 @@ def evaluate_nll(
     start_time = time.perf_counter()
     evals = len(pixels) * evaluations_per_image(estimator, schedule.num_steps, samples)
     with _inference(prior, single_threaded=cpu), tqdm(total=evals, desc=f"nll {estimator.value}", unit="img-step",
-                                                      unit_scale=True, disable=not progress) as bar:
+                                                      disable=not progress) as bar:
         parts = _run_groups(prior, run, math.ceil(len(pixels) / batch), workers, bar)
     return _summarize(parts, prior, schedule, estimator, samples, seed, time.perf_counter() - start_time)
 

@@ -256,3 +256,42 @@ def test_a_failing_group_stops_the_others_and_restores_the_prior(monkeypatch):
     with pytest.raises(ValueError, match="boom"):
         evaluate_nll(prior, random_images(64), batch=1, workers=2)
     assert len(calls) < 64 and not prior.net._forward_pre_hooks and torch.get_num_threads() == 1
+
+
+def test_auto_estimator_is_mc_only_where_it_saves_most_of_the_calls():
+    from diffcodec.likelihood import evaluations_per_image, resolve_estimator
+
+    assert resolve_estimator("auto", 1000, 16) is Estimator.MC  # `nll --data fashion-mnist:test`: 17 calls, not 1,000
+    assert resolve_estimator("auto", 100, 16) is Estimator.MC
+    assert resolve_estimator("auto", 68, 16) is Estimator.EXACT and resolve_estimator("auto", 69, 16) is Estimator.MC
+    assert resolve_estimator("exact", 1000, 16) is Estimator.EXACT and resolve_estimator("mc", 5, 16) is Estimator.MC
+    assert evaluations_per_image(Estimator.MC, 1000, 16) == 17 and evaluations_per_image(Estimator.EXACT, 1000, 16) == 1000
+    result = evaluate_nll(make_tiny_prior(), random_images(3), estimator="auto", samples=2)  # K = 20 > 4·3
+    assert result.estimator is Estimator.MC and result.samples == 2
+
+
+@pytest.mark.parametrize("estimator", ["exact", "mc"])
+def test_progress_bar_counts_every_network_evaluation(monkeypatch, estimator):
+    """The bar advances per network call (its ETA is live) and ends exactly at its total."""
+    import diffcodec.likelihood as lik
+
+    bars = []
+
+    class Bar:
+        def __init__(self, total, **kwargs):
+            self.total, self.n = total, 0
+            bars.append(self)
+
+        def update(self, n):
+            self.n += n
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(lik, "tqdm", Bar)
+    evaluate_nll(make_tiny_prior(), random_images(5), estimator=estimator, samples=3, batch=2, pairs_per_call=7, workers=2, progress=True)
+    (bar,) = bars
+    assert bar.total == 5 * (20 if estimator == "exact" else 4) and bar.n == bar.total
