@@ -7,21 +7,24 @@ last segment sends x_0 itself, so the whole file decodes to the exact image. Eac
 P(x_0|x_1) through a range coder. Unlike bits-back, a prefix of this stream costs about the
 cumulative KL, not the latents' entropy.
 
-Stream order (one queue: first written, first read; bits most significant first):
+Stream order (one queue: first written, first read; one arithmetic-coded stream, coding.arith):
 
     header (coding.progressive_file)
     x_K: drawn from N(0, I) by both sides from a fixed seed (its KL is below 0.1 bit for the
          schedules diffcodec accepts), no bits
     for each visited state x_k, k = K, …, 2 (jumps m from coding.progressive_steps):
-        for every tile: its KL level (prefix code), then for each of its chunks the candidate
-        index (octave prefix code + raw low bits)          → x_{k−m} = μ_p + σ_p ⊙ ε_{i*}
-    zero bits to the next byte
+        for every tile: its KL level, then for each of its chunks the candidate index (octave +
+        raw low bits)                                      → x_{k−m} = μ_p + σ_p ⊙ ε_{i*}
+    the arithmetic coder's termination (pending + 2 bits), zero bits to the next byte
     x_0 of every tile under P(x_0|x_1), range coded (constriction's queue coder), trailing zero bytes dropped
     CRC-32 of the file and of the pixels it decodes to
 
 Step framing costs bits, not bytes: everything the decoder needs to split a step into chunks comes
-from the level it just read and from the latents it holds (coding.progressive_steps), so a file cut
-at any byte decodes every complete step and shows x̂_0 of the last one.
+from the level it just read and from the latents it holds (coding.progressive_steps), and the
+arithmetic decoder's prefix rule stops before the first symbol a cut file cannot fully determine,
+so a file cut at any byte decodes every step whose symbols lie 32 bits before the cut and shows
+x̂_0 of the last one. A file stopped by the encoder (``--psnr``/``--bytes``) is terminated right
+after its last step and decodes all of it.
 
 Determinism: encoder and decoder run the network on the same batches with the thread count recorded
 in the file, snap μ_p and σ_p to multiples of 2^-20 (coding.bitsback.snap) and regenerate the same
@@ -65,11 +68,11 @@ from ..diffusion import as_pixels, model_to_pixels, pixels_to_model
 from ..prior import Prior
 from ..schedule import Spacing
 from . import progressive_file as pf
-from .bits import BitReader, BitWriter, OutOfBits
+from .arith import ArithmeticDecoder, ArithmeticEncoder, OutOfBits, Snapshot
 from .bitsback import decoder_probs
 from .lossless import from_tiles, pinned_threads, to_tiles
-from .progressive_steps import LEVEL_CODE, LEVEL_SPAN, Chain, kl_level
-from .rcc import OctaveModel, candidate, kl_nats_per_dim, log_weight_coefs, seed_of, select
+from .progressive_steps import LEVEL_MAX, LEVEL_MIN, LEVEL_SPAN, SKIP, Chain, kl_level
+from .rcc import block_size, candidate, kl_nats_per_dim, log_weight_coefs, read_index, seed_of, select, write_index
 
 FREE_BITS = 0.1  # x_K is drawn from p without bits when KL(q(x_K|x_0) ‖ N(0, I)) is provably below this
 _SPACINGS = [Spacing.EVEN, Spacing.FRONT]
@@ -80,8 +83,9 @@ _CATEGORICAL = constriction.stream.model.Categorical(perfect=False)
 class ProgressiveParams:
     steps: int = CODEC_STEPS
     spacing: Spacing = CODEC_SPACING
-    chunk_bits: float = 8.0  # κ: target KL per chunk (bits); bigger chunks cost fewer bits, exponentially more candidates
+    chunk_bits: float = 10.0  # κ: most KL per chunk (bits); bigger chunks cost fewer bits, exponentially more candidates
     merge_bits: float = 16.0  # noisy steps are merged until a transmission carries about this many bits
+    skip_bits: float = 0.0  # a tile-step whose KL is below this is not sent: the decoder draws it from p
     margin: float = 4.0  # candidates searched per chunk: 2^⌈KL + margin⌉ (encoder only; larger = less bias, slower)
     max_search_bits: int = 20  # never more than 2^this candidates per chunk
     threads: int = 1  # torch threads for the network, recorded in the file
@@ -96,6 +100,8 @@ class ProgressiveParams:
             raise ValueError(f"chunk bits must be a multiple of 1/4 in 1..24, got {self.chunk_bits}")
         if self.merge_bits * 4 != round(self.merge_bits * 4) or not 0 <= self.merge_bits <= 256:
             raise ValueError(f"merge bits must be a multiple of 1/4 in 0..256, got {self.merge_bits}")
+        if not 0 <= self.skip_bits <= 64:
+            raise ValueError(f"skip bits must be in 0..64, got {self.skip_bits}")
         if not 0 <= self.margin <= 16:
             raise ValueError(f"candidate margin must be in 0..16 bits, got {self.margin}")
         if not 10 <= self.max_search_bits <= 30:
@@ -104,7 +110,7 @@ class ProgressiveParams:
             raise ValueError(f"progressive coding needs at least 2 steps, got {self.steps}")
         prior.schedule(self.steps, self.spacing)  # validates steps against the prior
         return ProgressiveParams(self.steps, Spacing(self.spacing), float(self.chunk_bits), float(self.merge_bits),
-                                 float(self.margin), int(self.max_search_bits), int(self.threads), int(self.max_batch))
+                                 float(self.skip_bits), float(self.margin), int(self.max_search_bits), int(self.threads), int(self.max_batch))
 
 
 @dataclass
@@ -114,7 +120,7 @@ class StepRecord:
     n: int
     timestep: int  # original timestep of the latent just sent (0 for x_0)
     file_bytes: int  # a file stopped here: header, stream, padding and CRC
-    stream_bits: int  # cumulative bits of the chunk indices (and of x_0 at n = K)
+    stream_bits: int  # the step stream terminated here (and x_0's segment at n = K), bits
     kl_bits: float  # cumulative KL of the steps sent so far, Σ KL(q‖p) (at n = K: + −log2 P(x_0|x_1))
     sq_err: float  # Σ over pixels of (reconstruction − x_0)², 0–255 scale, reconstruction x̂_0(x_{K−n}) rounded to pixels
     chunks: int = 0  # chunks in this step (all tiles)
@@ -122,8 +128,8 @@ class StepRecord:
     # fidelity of the sent sample against q (sums over dims, for pooling across images)
     z_sum: float = 0.0
     z_sq_sum: float = 0.0
-    slope_num: float = 0.0  # Σ (x − μ_p)(μ_q − μ_p)
-    slope_den: float = 0.0  # Σ (μ_q − μ_p)²
+    slope_num: float = 0.0  # Σ (x − μ_p)(μ_q − μ_p)/σ_q²
+    slope_den: float = 0.0  # Σ (μ_q − μ_p)²/σ_q²
     dims: int = 0
 
 
@@ -238,8 +244,9 @@ def encode(prior: Prior, image, params: ProgressiveParams = ProgressiveParams(),
                        threads=params.threads, max_batch=params.max_batch, channels=c, height=h, width=w,
                        tile=prior.image_shape[1], stop=K, total_bytes=0)
     x0 = pixels_to_model(torch.from_numpy(tiles), torch.float64).flatten(1)  # [B, D]
-    writer = BitWriter()
+    coder = ArithmeticEncoder()
     records: list[StepRecord] = []
+    snaps: list[Snapshot] = []
     recons: list[np.ndarray] = []  # reconstructions of the last two states
     stats, kl_total, search_seconds, stop, jump = _StepStats(), 0.0, 0.0, None, None
     x, k = _start(tiles.shape), K
@@ -247,8 +254,9 @@ def encode(prior: Prior, image, params: ProgressiveParams = ProgressiveParams(),
         while True:  # x = x_k
             eps, v, x0_hat = chain.network(x, k)
             recons = (recons + [_recon(x0_hat, h, w)])[-2:]
+            snaps.append(coder.snapshot())
             rec = StepRecord(n=K - k, timestep=int(schedule.timesteps[k - 1]), file_bytes=0,
-                             stream_bits=writer.num_bits, kl_bits=kl_total,
+                             stream_bits=snaps[-1].terminated_bits, kl_bits=kl_total,
                              sq_err=float(((recons[-1].astype(np.float64) - image) ** 2).sum()))
             stats.store(rec)
             rec.file_bytes = pf.file_bytes(pf.replace(header, stop=rec.n), rec.stream_bits)
@@ -265,7 +273,7 @@ def encode(prior: Prior, image, params: ProgressiveParams = ProgressiveParams(),
                 break
             jump = chain.next_jump(k, jump)
             t0 = time.perf_counter()
-            x, stats = _encode_step(chain, writer, k, jump, x0, x, eps, v, params)
+            x, stats = _encode_step(chain, coder, k, jump, x0, x, eps, v, params)
             search_seconds += time.perf_counter() - t0
             kl_total += stats.kl
             bar.update(jump)
@@ -273,33 +281,26 @@ def encode(prior: Prior, image, params: ProgressiveParams = ProgressiveParams(),
         if stop is None:  # the lossless end: x_0 under P(x_0|x_1)
             mean_p, std_p = chain.reverse(x, eps, v, 1, 1)
             lossless, nll_bits = _encode_pixels(tiles, mean_p, std_p)
-            data = pf.pack(header, writer.to_bytes() + lossless, image)
+            stream, nbits = coder.terminated(snaps[-1])
+            data = pf.pack(header, stream + lossless, image)
             if target.exceeded(len(data)):
                 stop = records[-1].n
             else:
                 stop = K
                 records.append(StepRecord(n=K, timestep=0, file_bytes=len(data),
-                                          stream_bits=writer.num_bits + 8 * len(lossless), kl_bits=kl_total + nll_bits,
+                                          stream_bits=8 * (len(stream) + len(lossless)), kl_bits=kl_total + nll_bits,
                                           sq_err=0.0))
             bar.update(1)
     if stop < K:
         final = recons[-1] if records[-1].n == stop else recons[-2]
         records = [r for r in records if r.n <= stop]
-        data = pf.pack(pf.replace(header, stop=stop), _bits_prefix(writer.to_bytes(), records[-1].stream_bits), final)
+        data = pf.pack(pf.replace(header, stop=stop), coder.terminated(snaps[len(records) - 1])[0], final)
         records[-1].file_bytes = len(data)
     return EncodeResult(data=data, steps=records, num_dims=D, stop=stop, seconds=time.perf_counter() - t_start,
                         network_seconds=chain.network_seconds, search_seconds=search_seconds)
 
 
-def _bits_prefix(data: bytes, nbits: int) -> bytes:
-    """The first ``nbits`` bits of ``data``, zero-padded to whole bytes."""
-    out = bytearray(data[: -(-nbits // 8)])
-    if nbits % 8:
-        out[-1] &= (0xFF << (8 - nbits % 8)) & 0xFF
-    return bytes(out)
-
-
-def _encode_step(chain: Chain, writer: BitWriter, k: int, m: int, x0, x, eps, v, params: ProgressiveParams):
+def _encode_step(chain: Chain, coder: ArithmeticEncoder, k: int, m: int, x0, x, eps, v, params: ProgressiveParams):
     """Send x_{k−m} ~ q(x_{k−m}|x_k, x_0) for every tile → (x_{k−m} [B, C, t, t] float64, step statistics)."""
     mean_p, std_p = chain.reverse(x, eps, v, k, m)
     c1, c2, sd_q = chain.posterior(k, m)
@@ -308,17 +309,26 @@ def _encode_step(chain: Chain, writer: BitWriter, k: int, m: int, x0, x, eps, v,
     stats = _StepStats()
     for b in range(chain.num_tiles):
         kl_dims = kl_nats_per_dim(mu_q[b], sd_q, mean_p[b], std_p[b]) / math.log(2.0)
+        if float(kl_dims.sum()) < params.skip_bits:
+            coder.encode_symbol(chain.level_model.table(), SKIP)
+            chain.level_model.update(SKIP)
+            new[b] = _skipped(mean_p[b], std_p[b], b, k)
+            continue
         level = kl_level(float(kl_dims.sum()))
-        LEVEL_CODE.write(writer, level - chain.levels[b] + LEVEL_SPAN)
-        chain.levels[b] = level
+        expected = chain.expected_bits(std_p[b], sd_q)
+        symbol = level - chain.predicted_level(b, expected) + LEVEL_SPAN
+        coder.encode_symbol(chain.level_model.table(), symbol)
+        chain.level_model.update(symbol)
+        chain.levels[b], chain.expected[b] = level, expected
         chunks = chain.chunks(b, k, level, std_p[b], sd_q)
         for ci, (dims, kappa) in enumerate(chunks):
             mq, mp, sp = mu_q[b, dims], mean_p[b, dims], std_p[b, dims]
             kl = float(kl_dims[dims].sum())
             a, bb = log_weight_coefs(mq, sd_q, mp, sp)
             private = torch.Generator().manual_seed(seed_of(0xE11C, b, k, ci))
-            pick = select(a, bb, _chunk_seed(b, k, ci), kl, params.margin, private, params.max_search_bits)
-            chain.octaves.code(kappa).write(writer, pick.index)
+            pick = select(a, bb, _chunk_seed(b, k, ci), kl, params.margin, private, block_size(kappa),
+                          params.max_search_bits)
+            write_index(coder, chain.octaves.table(kappa), pick.index)
             chain.octaves.update(kappa, pick.index)
             xs = mp + sp * pick.eps.double()
             new[b, dims] = xs
@@ -327,22 +337,35 @@ def _encode_step(chain: Chain, writer: BitWriter, k: int, m: int, x0, x, eps, v,
     return new.view(chain.shape), stats
 
 
-def _decode_step(chain: Chain, reader: BitReader, k: int, m: int, x, eps, v) -> torch.Tensor:
+def _skipped(mean_p: torch.Tensor, std_p: torch.Tensor, tile: int, k: int) -> torch.Tensor:
+    """A step that was not sent: both sides draw it from p with the same seed."""
+    eps = torch.randn(mean_p.shape, generator=torch.Generator().manual_seed(seed_of(0x5C1B, tile, k)), dtype=torch.float32)
+    return mean_p + std_p * eps.double()
+
+
+def _decode_step(chain: Chain, reader: ArithmeticDecoder, k: int, m: int, x, eps, v) -> torch.Tensor:
     """Read one step of every tile → x_{k−m} [B, C, t, t] float64. Raises OutOfBits if the stream ends inside it."""
     mean_p, std_p = chain.reverse(x, eps, v, k, m)
     _, _, sd_q = chain.posterior(k, m)
     new = torch.empty_like(mean_p)
-    levels = list(chain.levels)
-    octaves = copy.deepcopy(chain.octaves)
+    levels, expecteds = list(chain.levels), list(chain.expected)
+    octaves, level_model = copy.deepcopy(chain.octaves), copy.deepcopy(chain.level_model)
     for b in range(chain.num_tiles):
-        level = levels[b] + LEVEL_CODE.read(reader) - LEVEL_SPAN
-        levels[b] = level
+        symbol = reader.decode_symbol(level_model.table())
+        level_model.update(symbol)
+        if symbol == SKIP:
+            new[b] = _skipped(mean_p[b], std_p[b], b, k)
+            continue
+        expected = chain.expected_bits(std_p[b], sd_q)
+        level = min(max(chain.predicted_level(b, expected) + symbol - LEVEL_SPAN, LEVEL_MIN), LEVEL_MAX)
+        levels[b], expecteds[b] = level, expected
         for ci, (dims, kappa) in enumerate(chain.chunks(b, k, level, std_p[b], sd_q)):
-            index = octaves.code(kappa).read(reader)
+            index = read_index(reader, octaves.table(kappa))
             octaves.update(kappa, index)
-            eps_c = candidate(_chunk_seed(b, k, ci), index, len(dims), chain.device).cpu()
+            eps_c = candidate(_chunk_seed(b, k, ci), index, len(dims), block_size(kappa), chain.device).cpu()
             new[b, dims] = mean_p[b, dims] + std_p[b, dims] * eps_c.double()
-    chain.levels, chain.octaves = levels, octaves  # only a complete step updates the shared state
+    # only a complete step updates the shared state
+    chain.levels, chain.expected, chain.octaves, chain.level_model = levels, expecteds, octaves, level_model
     return new.view(chain.shape)
 
 
@@ -358,13 +381,14 @@ class _StepStats:
     dims: int = 0
 
     def add(self, xs, mq, sd_q, mp, kl, searched):
+        """In units of σ_q, so that pooling over steps weights each by its information (Σ δ² ≈ 2·KL)."""
         z = (xs - mq) / sd_q
-        dq = mq - mp
+        dq = (mq - mp) / sd_q
         self.kl += kl
         self.candidates += searched
         self.z_sum += float(z.sum())
         self.z_sq_sum += float((z * z).sum())
-        self.slope_num += float(((xs - mp) * dq).sum())
+        self.slope_num += float(((xs - mp) / sd_q * dq).sum())
         self.slope_den += float((dq * dq).sum())
         self.dims += xs.numel()
 
@@ -426,7 +450,7 @@ def decode(prior: Prior, data: bytes, steps: int | None = None, keep_intermediat
     chain = Chain(prior, schedule, tiles_shape, header.chunk_quarters / 4, header.merge_quarters / 4,
                   header.max_batch, device)
     limit = min(K if steps is None else steps, header.stop)
-    reader = BitReader(body)
+    reader = ArithmeticDecoder(body, complete=complete)
     x, k, jump = _start(tiles_shape), K, None
     intermediates, image, lossless = [], None, False
     with pinned_threads(header.threads), tqdm(total=limit, desc="decode", unit="step", disable=not progress, leave=False) as bar:
@@ -448,7 +472,7 @@ def decode(prior: Prior, data: bytes, steps: int | None = None, keep_intermediat
             bar.update(jump)
         if k == 1 and limit == K and header.stop == K and complete:
             mean_p, std_p = chain.reverse(x, eps, v, 1, 1)
-            pixels = _decode_pixels(body[-(-reader.position // 8):], mean_p, std_p, tiles_shape)
+            pixels = _decode_pixels(body[-(-reader.end_bits() // 8):], mean_p, std_p, tiles_shape)
             image, done, lossless = from_tiles(pixels, 1, header.height, header.width)[0], K, True
             if keep_intermediates:
                 intermediates.append((K, image))

@@ -10,9 +10,10 @@ here; nothing in this module sees x_0. Per visited state x_k (nominal step k of 
    respaced transition of DDPM (ᾱ exact at both ends, β' = 1 − ᾱ_{k−m}/ᾱ_k), built from the same
    network output, so merging costs no network pass;
 3. per tile the encoder sends the step's KL quantized to half octaves, level λ = round(2·log2 KL),
-   as the difference to that tile's previous level (``LEVEL_CODE``, a fixed two-sided geometric
-   prefix code: about 1–2 bits). From 2^(λ/2) both sides derive the chunk count
-   n = max(1, round(KL/κ)) and each chunk's index code (coding.rcc.IndexCode);
+   as the difference to that tile's previous level, arithmetic-coded under :class:`LevelModel`
+   (adaptive counts started from a two-sided geometric; under a bit per step once it has learned
+   that levels change slowly). From 2^(λ/2) both sides derive the chunk count
+   n = max(1, ⌈KL/κ⌉) (κ caps a chunk's KL, and with it the search: 2^(κ + margin) candidates) and each chunk's index model (coding.rcc.OctaveModel);
 4. the chunks: a seeded permutation of the dimensions cut at equal shares of each dimension's
    expected KL ê_j = max(½ log(σ_p,j²/σ_q²), 1e-4), so chunks carry similar KL (the learned variance
    says where the prior is unsure).
@@ -28,7 +29,7 @@ import torch
 
 from ..prior import Prior
 from ..schedule import Schedule
-from .bits import HuffmanCode
+from .arith import FrequencyTable
 from .bitsback import snap
 from .rcc import OctaveModel, seed_of
 
@@ -40,14 +41,30 @@ MAX_JUMP = 8
 MIN_EXPECTED_NATS = 1e-4
 
 
-def _level_code() -> HuffmanCode:
-    span = LEVEL_MAX - LEVEL_MIN
-    deltas = np.arange(-span, span + 1)
-    return HuffmanCode.from_probs(np.round(LEVEL_RATIO ** np.abs(deltas) * 2.0**40) / 2.0**40)
-
-
-LEVEL_CODE = _level_code()  # symbol δ + (LEVEL_MAX − LEVEL_MIN)
 LEVEL_SPAN = LEVEL_MAX - LEVEL_MIN
+
+
+SKIP = 2 * LEVEL_SPAN + 1  # the level symbol that says "nothing sent: draw this step from p"
+
+
+class LevelModel:
+    """Adaptive frequencies of the level change δ ∈ [−span, span] (symbol δ + span) and of SKIP, shared by all tiles."""
+
+    STEP = 24  # added to an observed symbol's count
+    LIMIT = 60_000  # counts are halved (rounding up) before their total passes 2^16
+
+    def __init__(self):
+        deltas = np.arange(-LEVEL_SPAN, LEVEL_SPAN + 1)
+        counts = np.maximum(np.round(64 * LEVEL_RATIO ** np.abs(deltas)), 1).astype(np.int64)
+        self.counts = np.concatenate([counts, [16]])
+
+    def table(self) -> FrequencyTable:
+        return FrequencyTable(self.counts)
+
+    def update(self, symbol: int) -> None:
+        self.counts[symbol] += self.STEP
+        if self.counts.sum() > self.LIMIT:
+            self.counts = (self.counts + 1) // 2
 
 
 def kl_level(kl_bits: float) -> int:
@@ -69,7 +86,9 @@ class Chain:
         self.dims = int(np.prod(self.shape[1:]))
         self.chunk_bits, self.merge_bits, self.max_batch = chunk_bits, merge_bits, max_batch
         self.levels = [LEVEL_START] * self.num_tiles
+        self.expected = [None] * self.num_tiles  # Σ ê of each tile's previous step, bits
         self.octaves = OctaveModel()
+        self.level_model = LevelModel()
         self.network_seconds = 0.0
         self._pairs: dict[tuple[int, int], Schedule] = {}
         self._perms: dict[int, torch.Tensor] = {}
@@ -135,10 +154,22 @@ class Chain:
             m = min(int(self.merge_bits / max(per_step, 1e-6)), 2 * last_jump)
         return int(min(max(m, 1), MAX_JUMP, k - 1))
 
+    def expected_bits(self, std_p: torch.Tensor, sd_q: float) -> float:
+        """Σ_j ê_j of one tile in bits: what the prior's own uncertainty says the step should cost."""
+        return float(torch.log(std_p / sd_q).clamp(min=MIN_EXPECTED_NATS).sum()) / math.log(2.0)
+
+    def predicted_level(self, tile: int, expected: float) -> int:
+        """The tile's previous level moved by the change in Σ ê since its previous step (both sides)."""
+        prev = self.expected[tile]
+        if prev is None:
+            return LEVEL_START
+        shift = LEVELS_PER_OCTAVE * math.log2(max(expected, 1e-9) / max(prev, 1e-9))
+        return int(min(max(self.levels[tile] + round(shift), LEVEL_MIN), LEVEL_MAX))
+
     def chunks(self, tile: int, k: int, level: int, std_p: torch.Tensor, sd_q: float) -> list[tuple[torch.Tensor, float]]:
         """Tile's chunks for the step from x_k: [(dims [d] long, the index code's KL in bits)]."""
         kl = level_bits(level)
-        n = int(min(max(round(kl / self.chunk_bits), 1), self.dims))
+        n = int(min(max(math.ceil(kl / self.chunk_bits), 1), self.dims))
         if n == 1:
             return [(torch.arange(self.dims), kl)]
         e = (torch.log(std_p / sd_q)).clamp(min=MIN_EXPECTED_NATS)  # ½ log(σ_p²/σ_q²)

@@ -18,26 +18,28 @@ log w(ε) = Σ_j a_j ε_j² + b_j ε_j + c with
 
 so one candidate costs two multiply-adds per dimension after its draw.
 
-Shared randomness: candidate block ``b`` (``BLOCK`` candidates) of a chunk comes from a torch
-generator seeded with a hash of (chunk seed, b), so the decoder regenerates only the block holding
-i*. Candidates are float32 normals; they run on the coder's device (a file records which).
+Shared randomness: candidate block ``b`` of a chunk comes from a torch generator seeded with a hash
+of (chunk seed, b), so the decoder regenerates only the block holding i*. Blocks hold
+2^clamp(⌈κ⌉ + 2, 4, 10) candidates for a chunk whose KL the decoder puts at κ bits, so a chunk of
+one bit does not draw a thousand candidates. Candidates are float32 normals; they run on the coder's device (a file records which).
 
-Index code: i* ≥ 1 falls in octave o = ⌊log2 i*⌋; o is sent with a canonical Huffman code over
-octaves from :class:`OctaveModel` (a Gaussian around the chunk's KL κ, known to the decoder, whose
+Index code: i* ≥ 1 falls in octave o = ⌊log2 i*⌋; o is arithmetic-coded (coding.arith) under
+:class:`OctaveModel` (a Gaussian around the chunk's KL κ, known to the decoder, whose
 offset and spread adapt to the octaves sent so far), then the o low bits of i* raw. (A Zipf model,
 s = 1 + 1/(κ + 0.9) as in diffc, spreads mass over every octave and cost 0.6 bit more per chunk on
 Fashion-MNIST chunks.) Round trip (a test executes this)::
 
     >>> import torch
-    >>> from diffcodec.coding.bits import BitReader, BitWriter
+    >>> from diffcodec.coding.arith import ArithmeticDecoder, ArithmeticEncoder
     >>> mu_p, sd_p = torch.zeros(6, dtype=torch.float64), torch.ones(6, dtype=torch.float64)
     >>> mu_q = torch.full((6,), 0.8, dtype=torch.float64)
     >>> a, b = log_weight_coefs(mu_q, 0.9, mu_p, sd_p)
-    >>> pick = select(a, b, seed=7, kl_bits=kl_bits(mu_q, 0.9, mu_p, sd_p), margin=4, private=torch.Generator().manual_seed(1))
-    >>> w = BitWriter(); OctaveModel().code(2.0).write(w, pick.index)
-    >>> r = BitReader(w.to_bytes(), w.num_bits)
-    >>> index = OctaveModel().code(2.0).read(r)
-    >>> bool(torch.equal(candidate(7, index, 6), pick.eps))
+    >>> pick = select(a, b, seed=7, kl_bits=kl_bits(mu_q, 0.9, mu_p, sd_p), margin=4,
+    ...               private=torch.Generator().manual_seed(1), size=block_size(2.0))
+    >>> enc = ArithmeticEncoder(); write_index(enc, OctaveModel().table(2.0), pick.index)
+    >>> data, _ = enc.terminated(enc.snapshot())
+    >>> index = read_index(ArithmeticDecoder(data, complete=True), OctaveModel().table(2.0))
+    >>> bool(torch.equal(candidate(7, index, 6, block_size(2.0)), pick.eps))
     True
 """
 
@@ -52,9 +54,9 @@ import numpy as np
 import torch
 from scipy.special import ndtr
 
-from .bits import BitReader, BitWriter, HuffmanCode
+from .arith import ArithmeticDecoder, ArithmeticEncoder, FrequencyTable
 
-BLOCK = 1024  # candidates per seeded block
+MIN_BLOCK_BITS, MAX_BLOCK_BITS = 4, 10  # a seeded block holds 16 .. 1024 candidates
 MAX_OCTAVES = 40  # indices up to 2^40 − 1 are codable (the encoder never searches that far)
 
 
@@ -86,15 +88,20 @@ def kl_bits(mu_q, sigma_q, mu_p, sigma_p) -> float:
     return float(kl_nats_per_dim(mu_q, sigma_q, mu_p, sigma_p).sum()) / math.log(2.0)
 
 
-def _block(seed: int, block: int, d: int, device) -> torch.Tensor:
+def block_size(kappa: float) -> int:
+    """Candidates per seeded block for a chunk the decoder expects to carry ``kappa`` bits."""
+    return 1 << min(max(math.ceil(max(kappa, 0.0)) + 2, MIN_BLOCK_BITS), MAX_BLOCK_BITS)
+
+
+def _block(seed: int, block: int, size: int, d: int, device) -> torch.Tensor:
     gen = torch.Generator(device=device).manual_seed(seed_of(seed, block))
-    return torch.randn(BLOCK, d, generator=gen, device=device, dtype=torch.float32)
+    return torch.randn(size, d, generator=gen, device=device, dtype=torch.float32)
 
 
-def candidate(seed: int, index: int, d: int, device="cpu") -> torch.Tensor:
-    """ε of candidate ``index`` (1-based) of the chunk seeded ``seed``: [d] float32."""
-    block, row = divmod(index - 1, BLOCK)
-    return _block(seed, block, d, device)[row].clone()
+def candidate(seed: int, index: int, d: int, size: int, device="cpu") -> torch.Tensor:
+    """ε of candidate ``index`` (1-based) of the chunk seeded ``seed`` with blocks of ``size``: [d] float32."""
+    block, row = divmod(index - 1, size)
+    return _block(seed, block, size, d, device)[row].clone()
 
 
 @dataclass
@@ -104,62 +111,52 @@ class Selection:
     searched: int  # candidates drawn
 
 
-def search_size(kl: float, margin: float, max_bits: int) -> int:
-    """N = 2^⌈KL + margin⌉ candidates, at least one block, at most 2^max_bits."""
-    bits = min(max(math.ceil(kl + margin), 0), max_bits)
-    return max(BLOCK, 1 << bits)
+def search_size(kl: float, margin: float, max_bits: int, size: int) -> int:
+    """N = 2^⌈KL + margin⌉ candidates (at most 2^max_bits), rounded up to whole blocks of ``size``."""
+    n = 1 << min(max(math.ceil(kl + margin), 0), max_bits)
+    return -(-n // size) * size
 
 
 @torch.no_grad()
 def select(a: torch.Tensor, b: torch.Tensor, seed: int, kl_bits: float, margin: float, private: torch.Generator,
-           max_bits: int = 20) -> Selection:
-    """Truncated PFR over N = search_size(kl_bits, margin) candidates of one chunk ([d] coefficients)."""
+           size: int, max_bits: int = 20) -> Selection:
+    """Truncated PFR over N = search_size(…) candidates of one chunk ([d] coefficients), blocks of ``size``."""
     device = a.device
     d = a.numel()
     a32, b32 = a.float().view(d, 1), b.float().view(d, 1)
-    n = search_size(kl_bits, margin, max_bits)
+    n = search_size(kl_bits, margin, max_bits, size)
     arrivals = torch.empty(n, dtype=torch.float64).exponential_(generator=private).cumsum(0).log().to(device)
     best, best_index, best_eps = -math.inf, 0, None
-    for blk in range(n // BLOCK):
-        eps = _block(seed, blk, d, device)
-        score = ((eps * eps) @ a32 + eps @ b32).view(-1).double() - arrivals[blk * BLOCK : (blk + 1) * BLOCK]
+    for blk in range(n // size):
+        eps = _block(seed, blk, size, d, device)
+        score = ((eps * eps) @ a32 + eps @ b32).view(-1).double() - arrivals[blk * size : (blk + 1) * size]
         value, row = torch.max(score, 0)
         if float(value) > best:
-            best, best_index, best_eps = float(value), blk * BLOCK + int(row) + 1, eps[int(row)].clone()
+            best, best_index, best_eps = float(value), blk * size + int(row) + 1, eps[int(row)].clone()
     return Selection(index=best_index, eps=best_eps, searched=n)
 
 
-class IndexCode:
-    """Octave (a prefix code from :class:`OctaveModel`) + raw low bits, for 1-based indices."""
+def write_index(enc: ArithmeticEncoder, table: FrequencyTable, index: int) -> None:
+    """Candidate index i ≥ 1: its octave ⌊log2 i⌋ under ``table``, then the octave's low bits raw."""
+    if not 1 <= index < 2**MAX_OCTAVES:
+        raise ValueError(f"candidate index {index} out of range")
+    octave = index.bit_length() - 1
+    enc.encode_symbol(table, octave)
+    enc.encode_uniform(index - (1 << octave), octave)
 
-    def __init__(self, huffman: HuffmanCode):
-        self.huffman = huffman
 
-    def cost(self, index: int) -> int:
-        octave = index.bit_length() - 1
-        return int(self.huffman.lengths[octave]) + octave
-
-    def write(self, w: BitWriter, index: int) -> None:
-        if not 1 <= index < 2**MAX_OCTAVES:
-            raise ValueError(f"candidate index {index} out of range")
-        octave = index.bit_length() - 1
-        self.huffman.write(w, octave)
-        w.write(index - (1 << octave), octave)
-
-    def read(self, r: BitReader) -> int:
-        octave = self.huffman.read(r)
-        return (1 << octave) + r.read(octave)
+def read_index(dec: ArithmeticDecoder, table: FrequencyTable) -> int:
+    octave = dec.decode_symbol(table)
+    return (1 << octave) + dec.decode_uniform(octave)
 
 
 @functools.lru_cache(maxsize=8192)
-def _octave_code(mean_q: int, std_q: int) -> IndexCode:
-    """Huffman code over octaves 0..MAX_OCTAVES−1 for a Gaussian (mean, std in 1/32 octaves) on octave bins."""
+def _octave_table(mean_q: int, std_q: int) -> FrequencyTable:
+    """Octaves 0..MAX_OCTAVES−1 under a Gaussian (mean, std in 1/32 octaves) on octave bins."""
     mean, std = mean_q / 32.0, std_q / 32.0
     edges = (np.arange(MAX_OCTAVES + 1) - 0.5 - mean) / std
     edges[0], edges[-1] = -np.inf, np.inf
-    mass = np.diff(ndtr(edges))
-    probs = np.round(np.maximum(mass, 2.0**-36) * 2.0**40) / 2.0**40  # exact in float64: ties break alike everywhere
-    return IndexCode(HuffmanCode.from_probs(probs))
+    return FrequencyTable.from_probs(np.diff(ndtr(edges)))
 
 
 class OctaveModel:
@@ -179,12 +176,12 @@ class OctaveModel:
         self.sum = self.PRIOR_COUNT * self.PRIOR_MEAN
         self.sum_sq = self.PRIOR_COUNT * (self.PRIOR_STD**2 + self.PRIOR_MEAN**2)
 
-    def code(self, kappa: float) -> IndexCode:
+    def table(self, kappa: float) -> FrequencyTable:
         scale = math.sqrt(max(kappa, 0.0) + 1.0)
         mu = self.sum / self.count
         sd = math.sqrt(max(self.sum_sq / self.count - mu * mu, 0.05))
         mean = max(kappa, 0.0) + mu * scale
-        return _octave_code(int(round(min(max(mean, -4.0), MAX_OCTAVES) * 32)), int(round(max(sd * scale, 0.3) * 32)))
+        return _octave_table(int(round(min(max(mean, -4.0), MAX_OCTAVES) * 32)), int(round(max(sd * scale, 0.3) * 32)))
 
     def update(self, kappa: float, index: int) -> None:
         r = (index.bit_length() - 1 - max(kappa, 0.0)) / math.sqrt(max(kappa, 0.0) + 1.0)
