@@ -139,6 +139,7 @@ class EncodeResult:
     steps: list[StepRecord]  # n = 0 (x_K) .. stop
     num_dims: int  # C·H·W of the image
     stop: int  # reverse steps in the file (K = lossless)
+    total_steps: int  # K
     seconds: float
     network_seconds: float
     search_seconds: float
@@ -148,12 +149,28 @@ class EncodeResult:
             "file_bytes": len(self.data),
             "bits_per_dim": 8 * len(self.data) / self.num_dims,
             "stop_step": self.stop,
-            "lossless": self.stop == len(self.steps) - 1 and self.steps[-1].timestep == 0,
+            "lossless": self.stop == self.total_steps,
+            "total_steps": self.total_steps,
             "seconds": self.seconds,
             "network_seconds": self.network_seconds,
             "search_seconds": self.search_seconds,
             "steps": [step_dict(s, self.num_dims) for s in self.steps],
         }
+
+    def fidelity(self) -> dict:
+        """The sent samples against q, pooled over steps in units of σ_q (each step weighted by its information)."""
+        return fidelity_stats(self.steps)
+
+
+def fidelity_stats(steps) -> dict:
+    """slope of (x − μ_p) on (μ_q − μ_p), and mean and variance of z = (x − μ_q)/σ_q, pooled over ``steps``."""
+    dims = sum(s.dims for s in steps)
+    den = sum(s.slope_den for s in steps)
+    if not dims or den <= 0:
+        return {"fidelity_slope": None, "fidelity_z_mean": None, "fidelity_z_var": None}
+    mean = sum(s.z_sum for s in steps) / dims
+    return {"fidelity_slope": sum(s.slope_num for s in steps) / den, "fidelity_z_mean": mean,
+            "fidelity_z_var": sum(s.z_sq_sum for s in steps) / dims - mean * mean}
 
 
 def step_dict(s: StepRecord, num_dims: int) -> dict:
@@ -166,9 +183,12 @@ def step_dict(s: StepRecord, num_dims: int) -> dict:
         "stream_bits": s.stream_bits,
         "kl_bits": s.kl_bits,
         "rmse": math.sqrt(mse),
-        "psnr": psnr(mse),
+        "psnr": psnr(mse) if mse > 0 else None,  # None: exact (JSON has no infinity)
         "chunks": s.chunks,
         "candidates": s.candidates,
+        "slope": s.slope_num / s.slope_den if s.slope_den > 0 else None,
+        "z_mean": s.z_sum / s.dims if s.dims else None,
+        "z_var": s.z_sq_sum / s.dims - (s.z_sum / s.dims) ** 2 if s.dims else None,
     }
 
 
@@ -296,7 +316,7 @@ def encode(prior: Prior, image, params: ProgressiveParams = ProgressiveParams(),
         records = [r for r in records if r.n <= stop]
         data = pf.pack(pf.replace(header, stop=stop), coder.terminated(snaps[len(records) - 1])[0], final)
         records[-1].file_bytes = len(data)
-    return EncodeResult(data=data, steps=records, num_dims=D, stop=stop, seconds=time.perf_counter() - t_start,
+    return EncodeResult(data=data, steps=records, num_dims=D, stop=stop, total_steps=K, seconds=time.perf_counter() - t_start,
                         network_seconds=chain.network_seconds, search_seconds=search_seconds)
 
 
@@ -341,6 +361,20 @@ def _skipped(mean_p: torch.Tensor, std_p: torch.Tensor, tile: int, k: int) -> to
     """A step that was not sent: both sides draw it from p with the same seed."""
     eps = torch.randn(mean_p.shape, generator=torch.Generator().manual_seed(seed_of(0x5C1B, tile, k)), dtype=torch.float32)
     return mean_p + std_p * eps.double()
+
+
+@torch.no_grad()
+def _finish_by_sampling(chain: Chain, x: torch.Tensor, k: int, eps, v, h: int, w: int) -> np.ndarray:
+    """Ancestral sampling x_k → x_1 with the prior (one nominal step at a time), then x_0 = the decoder's mean."""
+    gen = torch.Generator().manual_seed(seed_of(0x5A3B, k))
+    while k > 1:
+        mean_p, std_p = chain.reverse(x, eps, v, k, 1)
+        noise = torch.randn(mean_p.shape, generator=gen, dtype=torch.float64)
+        x = (mean_p + std_p * noise).view(chain.shape)
+        k -= 1
+        eps, v, _ = chain.network(x, k)
+    mean_p, _ = chain.reverse(x, eps, v, 1, 1)
+    return _recon(mean_p.view(chain.shape), h, w)
 
 
 def _decode_step(chain: Chain, reader: ArithmeticDecoder, k: int, m: int, x, eps, v) -> torch.Tensor:
@@ -428,12 +462,17 @@ def _check_image(prior: Prior, image) -> np.ndarray:
 
 
 def decode(prior: Prior, data: bytes, steps: int | None = None, keep_intermediates: bool = False,
-           progress: bool = False) -> DecodeResult:
-    """A progressive file (or any prefix of it) → the image, or x̂_0 of the last complete step.
+           recon: str = "mean", progress: bool = False) -> DecodeResult:
+    """A progressive file (or any prefix of it) → the image, or a reconstruction from the last complete step.
 
     ``steps`` stops after that many nominal reverse steps (K = everything). A prefix (a truncated
     file) decodes every complete step; a complete file is verified by its CRC over file and pixels.
+    ``recon``: "mean" shows x̂_0 of the last decoded latent (the best PSNR); "sample" finishes the
+    chain from it with the prior's own ancestral sampling (seeded; sharper, lower PSNR). The exact
+    image is returned whenever the file's lossless end was decoded.
     """
+    if recon not in ("mean", "sample"):
+        raise ValueError(f"recon must be mean or sample, got {recon!r}")
     t_start = time.perf_counter()
     header, body, complete = pf.unpack(data)
     if prior.digest is None or not header.matches_prior(prior.digest):
@@ -456,9 +495,9 @@ def decode(prior: Prior, data: bytes, steps: int | None = None, keep_intermediat
     with pinned_threads(header.threads), tqdm(total=limit, desc="decode", unit="step", disable=not progress, leave=False) as bar:
         while True:
             eps, v, x0_hat = chain.network(x, k)
-            recon, done = _recon(x0_hat, header.height, header.width), K - k
+            shown, done = _recon(x0_hat, header.height, header.width), K - k
             if keep_intermediates:
-                intermediates.append((done, recon))
+                intermediates.append((done, shown))
             if k == 1:
                 break
             jump = chain.next_jump(k, jump)
@@ -477,9 +516,12 @@ def decode(prior: Prior, data: bytes, steps: int | None = None, keep_intermediat
             if keep_intermediates:
                 intermediates.append((K, image))
             bar.update(1)
-    final = image if lossless else recon
+    final = image if lossless else shown
     verified = complete and done == header.stop
     if verified and not pf.verify(data, final):
         raise ValueError("decoding desynchronized (decoded pixels fail the file's checksum); nothing written")
+    if recon == "sample" and not lossless:
+        with pinned_threads(header.threads):
+            final = _finish_by_sampling(chain, x, k, eps, v, header.height, header.width)
     return DecodeResult(image=final, steps_decoded=done, total_steps=K, complete=verified, lossless=lossless,
                         header=header, intermediates=intermediates, seconds=time.perf_counter() - t_start)
