@@ -450,7 +450,7 @@ def _decode_pixels(data: bytes, mean_p: torch.Tensor, std_p: torch.Tensor, shape
 
 
 def _check_image(prior: Prior, image) -> np.ndarray:
-    image = np.asarray(image)
+    image = np.array(image)  # a writable copy (torch refuses read-only arrays)
     if image.ndim != 3:
         raise ValueError(f"expected one image [C, H, W], got shape {list(image.shape)}")
     image = as_pixels(image[None]).numpy()[0]

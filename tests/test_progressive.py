@@ -1,0 +1,288 @@
+"""The progressive codec: arithmetic coder prefix rule, channel simulation fidelity, round trips, prefixes,
+targets, bad files, determinism across processes."""
+
+from __future__ import annotations
+
+import doctest
+import math
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from diffcodec.checkpoint import load_prior, save_prior
+from diffcodec.coding import arith, progressive, progressive_file, rcc
+from diffcodec.coding.arith import ArithmeticDecoder, ArithmeticEncoder, FrequencyTable, OutOfBits
+from diffcodec.coding.progressive import ProgressiveParams, Target, decode, encode
+from diffcodec_cli.main import main
+
+from .conftest import make_tiny_prior
+
+FAST = ProgressiveParams(steps=8, chunk_bits=6, margin=3)
+
+
+@pytest.fixture
+def prior(one_thread):
+    p = make_tiny_prior()
+    p.digest = "ab" * 32
+    return p
+
+
+def _image(seed: int, shape=(1, 8, 8)) -> np.ndarray:
+    """A smooth image with some texture (random pixels would make every step carry hundreds of bits)."""
+    rng = np.random.default_rng(seed)
+    c, h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = 128 + 90 * np.sin(xx / 3.0 + seed) * np.cos(yy / 4.0)
+    return np.clip(base[None] + rng.normal(0, 12, (c, h, w)), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("module", [arith, rcc, progressive, progressive_file])
+def test_module_docstring_round_trips_run(module):
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_arithmetic_prefix_rule_never_returns_a_wrong_symbol():
+    """Cut anywhere, a prefix-mode decoder returns a prefix of the true symbols, then OutOfBits;
+    terminated at any snapshot, the stream decodes exactly the symbols before it."""
+    rng = np.random.default_rng(3)
+    for _ in range(150):
+        tables = [FrequencyTable.from_probs(rng.random(rng.integers(2, 50)) ** 4) for _ in range(4)]
+        enc, syms, snaps = ArithmeticEncoder(), [], []
+        for _ in range(rng.integers(1, 50)):
+            t = int(rng.integers(0, 4))
+            s = int(rng.integers(0, len(tables[t].freqs)))
+            enc.encode_symbol(tables[t], s)
+            syms.append((t, s))
+            snaps.append(enc.snapshot())
+        cut = int(rng.integers(0, len(syms)))
+        data, nbits = enc.terminated(snaps[cut])
+        dec = ArithmeticDecoder(data, complete=True)
+        assert [dec.decode_symbol(tables[t]) for t, _ in syms[: cut + 1]] == [s for _, s in syms[: cut + 1]]
+        assert dec.end_bits() == nbits
+        full, _ = enc.terminated(enc.snapshot())
+        dec = ArithmeticDecoder(full[: int(rng.integers(0, len(full) + 1))], complete=False)
+        got = []
+        try:
+            for t, _ in syms:
+                got.append(dec.decode_symbol(tables[t]))
+        except OutOfBits:
+            pass
+        assert got == [s for _, s in syms[: len(got)]]
+
+
+def test_arithmetic_cost_is_close_to_the_information_content():
+    """Coding symbols drawn from the table costs their information content plus at most the
+    termination (≤ pending + 2 bits) and a rounding of < 0.01 bit per symbol at 16-bit frequencies."""
+    rng = np.random.default_rng(5)
+    table = FrequencyTable.from_probs(rng.random(30) ** 3)
+    p = table.freqs / table.total
+    symbols = rng.choice(30, size=3000, p=p)
+    enc = ArithmeticEncoder()
+    for s in symbols:
+        enc.encode_symbol(table, int(s))
+    _, nbits = enc.terminated(enc.snapshot())
+    ideal = float(-np.log2(p[symbols]).sum())
+    assert ideal - 1 <= nbits <= ideal + 0.01 * len(symbols) + 40
+
+
+def _pfr_stats(margin: float, reps: int = 250, d: int = 16, seed: int = 0):
+    """Truncated PFR on synthetic chunks: q = N(μ_q, 1), p = N(0, 1.2²), KL ≈ 5 bits."""
+    gen = torch.Generator().manual_seed(seed)
+    sd_p = torch.full((d,), 1.2, dtype=torch.float64)
+    mu_p = torch.zeros(d, dtype=torch.float64)
+    num = den = z_sum = z_sq = 0.0
+    costs, kls = [], []
+    for r in range(reps):
+        mu_q = 0.6 * torch.randn(d, generator=gen, dtype=torch.float64)
+        kl = rcc.kl_bits(mu_q, 1.0, mu_p, sd_p)
+        a, b = rcc.log_weight_coefs(mu_q, 1.0, mu_p, sd_p)
+        pick = rcc.select(a, b, seed=r, kl_bits=kl, margin=margin, private=torch.Generator().manual_seed(10_000 + r),
+                          size=rcc.block_size(kl))
+        x = mu_p + sd_p * pick.eps.double()
+        z = x - mu_q
+        num += float(((x - mu_p) * (mu_q - mu_p)).sum())
+        den += float(((mu_q - mu_p) ** 2).sum())
+        z_sum += float(z.sum())
+        z_sq += float((z * z).sum())
+        costs.append(math.log2(pick.index))
+        kls.append(kl)
+    n = reps * d
+    return num / den, z_sum / n, z_sq / n - (z_sum / n) ** 2, float(np.mean(costs)), float(np.mean(kls))
+
+
+def test_channel_simulation_is_faithful_with_a_margin_and_biased_without():
+    """With 2^(KL + 6) candidates the sent samples are samples of q: slope of (x − μ_p) on
+    (μ_q − μ_p) within 0.06 of 1 (its standard error here is about 0.02) and z variance within 0.08
+    of 1; with no margin the truncation visibly pulls samples towards p (slope below 0.9)."""
+    slope, z_mean, z_var, log_index, kl = _pfr_stats(margin=6)
+    assert abs(slope - 1) < 0.06 and abs(z_mean) < 0.05 and abs(z_var - 1) < 0.08
+    assert log_index < kl + 1  # PFR prefers early candidates: E log2 i* stays near or below the KL
+    slope0, *_ = _pfr_stats(margin=0)
+    assert slope0 < 0.9
+
+
+@pytest.mark.parametrize("variance", ["learned", "small", "large"])
+def test_round_trip_bit_exact_for_every_variance_mode(one_thread, variance):
+    prior = make_tiny_prior(variance)
+    prior.digest = "cd" * 32
+    image = _image(1)
+    enc = encode(prior, image, FAST)
+    dec = decode(prior, enc.data)
+    assert dec.lossless and dec.complete and np.array_equal(dec.image, image)
+    assert enc.stop == FAST.steps and enc.steps[-1].n == FAST.steps
+
+
+def test_odd_sized_and_colour_images_round_trip(one_thread):
+    params = ProgressiveParams(steps=4, chunk_bits=6, margin=2)
+    gray = make_tiny_prior()
+    gray.digest = "01" * 32
+    image = _image(2, (1, 19, 13))  # 3 × 2 tiles of 8×8, edges padded
+    assert np.array_equal(decode(gray, encode(gray, image, params).data).image, image)
+    colour = make_tiny_prior(channels=3)
+    colour.digest = "02" * 32
+    image = _image(3, (3, 9, 10))
+    assert np.array_equal(decode(colour, encode(colour, image, params).data).image, image)
+    with pytest.raises(ValueError, match="RGB but the prior codes grayscale"):
+        encode(gray, image, params)
+
+
+def test_every_truncation_decodes_and_error_falls_as_steps_arrive(prior):
+    image = _image(4)
+    data = encode(prior, image, FAST).data
+    steps, errors = [], []
+    for n in range(len(data) + 1):
+        if n < 8:  # inside the fixed header fields: a one-line error, never a wrong picture
+            with pytest.raises(ValueError):
+                decode(prior, data[:n])
+            continue
+        try:
+            res = decode(prior, data[:n])
+        except ValueError as err:
+            assert "truncated inside its header" in str(err)
+            continue
+        steps.append(res.steps_decoded)
+        errors.append(float(((res.image.astype(float) - image) ** 2).mean()))
+        assert res.complete == (n == len(data))
+    assert steps == sorted(steps) and steps[-1] == FAST.steps and errors[-1] == 0
+    assert steps[0] < FAST.steps - 1
+    first, before_last = errors[0], [e for s, e in zip(steps, errors) if s == FAST.steps - 1]
+    assert before_last and before_last[0] < first  # x̂_0(x_1) is far better than x̂_0(x_K)
+
+
+def test_encoding_is_deterministic_and_targets_are_met(prior):
+    image = _image(5)
+    a, b = encode(prior, image, FAST), encode(prior, image, FAST)
+    assert a.data == b.data
+    mid = a.steps[len(a.steps) // 2]
+    target = progressive.psnr(mid.sq_err / image.size)
+    lossy = encode(prior, image, FAST, Target(psnr=target))
+    res = decode(prior, lossy.data)
+    assert res.complete and not res.lossless
+    mse = float(((res.image.astype(float) - image) ** 2).mean())
+    assert progressive.psnr(mse) >= target - 1e-9
+    budget = a.steps[-2].file_bytes + 1
+    small = encode(prior, image, FAST, Target(max_bytes=budget))
+    assert len(small.data) <= budget and decode(prior, small.data).complete
+    with pytest.raises(ValueError, match="no file fits"):
+        encode(prior, image, FAST, Target(max_bytes=10))
+
+
+def test_bad_files_fail_with_one_line_errors(prior):
+    data = encode(prior, _image(6), FAST).data
+    corrupted = bytearray(data)
+    corrupted[len(data) // 2] ^= 0x10
+    with pytest.raises(ValueError, match="checksum|desynchronized|corrupted|out of range"):
+        decode(prior, bytes(corrupted))
+    header = bytearray(data)
+    header[10] ^= 0x01
+    with pytest.raises(ValueError, match="header checksum"):
+        decode(prior, bytes(header))
+    with pytest.raises(ValueError, match="extra bytes"):
+        decode(prior, data + b"\0")
+    other = make_tiny_prior(seed=1)
+    other.digest = "ef" * 32
+    with pytest.raises(ValueError, match="another prior"):
+        decode(other, data)
+    with pytest.raises(ValueError, match="bad magic"):
+        decode(prior, b"PNG not a progressive file")
+    with pytest.raises(ValueError, match="diffcodec decompress"):
+        decode(prior, b"DCL\x02" + b"\0" * 40)
+
+
+def test_fresh_process_with_other_threads_regenerates_candidates_and_pixels(prior, tmp_path):
+    path = tmp_path / "p.safetensors"
+    save_prior(prior, path)
+    loaded = load_prior(path)
+    image = _image(7)
+    data = encode(loaded, image, FAST).data
+    (tmp_path / "x.dcp").write_bytes(data)
+    eps = rcc.candidate(12345, 77, 40, rcc.block_size(5.0))
+    script = textwrap.dedent(f"""
+        import numpy as np, torch, hashlib
+        torch.set_num_threads(2)
+        from diffcodec.checkpoint import load_prior
+        from diffcodec.coding import rcc
+        from diffcodec.coding.progressive import decode
+        res = decode(load_prior({str(path)!r}), open({str(tmp_path / 'x.dcp')!r}, 'rb').read())
+        print(res.complete, hashlib.sha256(res.image.tobytes()).hexdigest())
+        print(hashlib.sha256(rcc.candidate(12345, 77, 40, rcc.block_size(5.0)).numpy().tobytes()).hexdigest())
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+    import hashlib
+
+    assert out[0] == "True" and out[1] == hashlib.sha256(image.tobytes()).hexdigest()
+    assert out[2] == hashlib.sha256(eps.numpy().tobytes()).hexdigest()
+
+
+def test_cli_encode_decode_round_trip_and_errors(prior, tmp_path):
+    path = tmp_path / "p.safetensors"
+    save_prior(prior, path)
+    image = _image(8, (1, 11, 9))
+    Image.fromarray(image[0]).save(tmp_path / "img.png")
+    runner = CliRunner()
+    common = ["--prior", str(path)]
+    r = runner.invoke(main, ["encode", str(tmp_path / "img.png"), "-o", str(tmp_path / "img.dcp"), "--steps", "6",
+                             "--chunk-bits", "6", "--margin", "3", "--json", *common])
+    assert r.exit_code == 0, r.output
+    import json
+
+    rec = json.loads(r.output)
+    assert rec["lossless"] and rec["file_bytes"] == (tmp_path / "img.dcp").stat().st_size
+    assert {"bits_per_dim", "kl_bits", "rmse", "psnr"} <= set(rec["steps"][0])
+    r = runner.invoke(main, ["decode", str(tmp_path / "img.dcp"), "-o", str(tmp_path / "out.png"), *common])
+    assert r.exit_code == 0, r.output
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out.png"))[None], image)
+    r = runner.invoke(main, ["decode", str(tmp_path / "img.dcp"), "-o", str(tmp_path / "out.png"), *common])
+    assert r.exit_code == 1 and "--force" in r.output
+    (tmp_path / "cut.dcp").write_bytes((tmp_path / "img.dcp").read_bytes()[:-3])
+    r = runner.invoke(main, ["decode", str(tmp_path / "cut.dcp"), "-o", str(tmp_path / "cut.png"), *common])
+    assert r.exit_code == 0 and "partial" in r.output
+    for bad, msg in [(tmp_path / "missing.dcp", "no such file"), (tmp_path / "img.png", "bad magic")]:
+        r = runner.invoke(main, ["decode", str(bad), "-o", str(tmp_path / "bad.png"), *common])
+        assert r.exit_code == 1 and msg in r.output and len(r.output.strip().splitlines()) == 1
+        assert not (tmp_path / "bad.png").exists()
+    r = runner.invoke(main, ["encode", str(tmp_path / "img.png"), "--psnr", "30", "--bytes", "9", *common])
+    assert r.exit_code != 0 and "at most one" in r.output
+
+
+def test_embedded_prior_round_trip_and_psnr_target(one_thread):
+    """The shipped prior on a real Fashion-MNIST example, 20 steps (fast): exact, and --psnr meets its target."""
+    prior = load_prior()
+    from diffcodec.images import read_image
+    from pathlib import Path
+
+    image = read_image(Path(__file__).parent.parent / "examples" / "fashion" / "test-00.png")
+    params = ProgressiveParams(steps=20)
+    enc = encode(prior, image, params)
+    assert np.array_equal(decode(prior, enc.data).image, image)
+    lossy = encode(prior, image, params, Target(psnr=25.0))
+    res = decode(prior, lossy.data)
+    mse = float(((res.image.astype(float) - image) ** 2).mean())
+    assert res.complete and progressive.psnr(mse) >= 25.0 and len(lossy.data) < len(enc.data)
