@@ -23,7 +23,7 @@ from diffcodec_cli.main import main
 
 from .conftest import make_tiny_prior
 
-FAST = ProgressiveParams(steps=8, chunk_bits=6, margin=3)
+FAST = ProgressiveParams(steps=8, chunk_bits=6, margin=3, max_search_bits=12)
 
 
 @pytest.fixture
@@ -140,7 +140,7 @@ def test_round_trip_bit_exact_for_every_variance_mode(one_thread, variance):
 
 
 def test_odd_sized_and_colour_images_round_trip(one_thread):
-    params = ProgressiveParams(steps=4, chunk_bits=6, margin=2)
+    params = ProgressiveParams(steps=8, chunk_bits=6, margin=2, max_search_bits=10)
     gray = make_tiny_prior()
     gray.digest = "01" * 32
     image = _image(2, (1, 19, 13))  # 3 × 2 tiles of 8×8, edges padded
