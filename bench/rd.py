@@ -172,7 +172,8 @@ def stage(ctx, extra: list[Curve] | None = None) -> dict:
         "log-rate vs mean PSNR, Akima interpolation (bjontegaard package), over the overlapping PSNR range; negative = fewer bits",
         "bd_rates": table,
         "classic_bits_per_dim_at_psnr": {c["name"]: c["bits_per_dim_at_psnr"] for c in classic_body["codecs"].values()},
-        "ideal_bits_per_dim_at_psnr": {f"{t:g}": classic.rate_at_psnr(*curves[len(classic_body["codecs"])].rd(), t) for t in classic.TARGETS_DB},
+        "diffcodec_bits_per_dim_at_psnr": {c.label: {f"{t:g}": classic.rate_at_psnr(*c.rd(), t) for t in classic.TARGETS_DB}
+                                           for c in curves if c.kind != "classic"},
         "progressive_included": real is not None,
         "curves": [c.to_dict() for c in curves],
         "figures": ["rd.png", "rd_panels.png"],

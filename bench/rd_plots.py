@@ -73,7 +73,8 @@ def plot_panels(curves, path, ctx) -> None:
     ax[0, 0].set(ylabel="RMSE of x̂0 (0–255), pooled", title="distortion vs step")
     ax[1, 0].set(ylabel="PSNR of x̂0 (dB), mean per image", title="distortion vs step")
     ax[0, 1].set(ylabel="rate: cumulative bits/dim", title="rate vs step")
-    ax[1, 1].set(ylabel="rate: cumulative bits/dim (log)", yscale="log", title="rate vs step, log scale")
+    ax[1, 1].set(ylabel="rate: cumulative bits/dim (log)", yscale="log", title="rate vs step, log scale (L_T ≈ 1e-9 off the axis)")
+    ax[1, 1].set_ylim(bottom=1e-4)
     for c in curves:
         keep = c.bits_per_dim > 0
         ax[0, 2].plot(c.bits_per_dim, c.rmse, label=c.label, **style(c.label))
