@@ -4,6 +4,8 @@ Stages (``all`` runs them in this order; later stages reuse what earlier ones wr
 
   classic   JPEG, WebP, JPEG XL, AVIF lossy sweeps, one file per image → classic_lossy.{json,png}
   ideal     ideal diffcodec curve, per-image KL rate and x̂_0 PSNR → ideal_rd.json (network; cached)
+  progressive  diffcodec encode on real images: real vs ideal rate per step, fidelity, time, the
+            chunk/margin trade-off → progressive.{json,png}, progressive_strip.npz (100 images)
   rd        rate–distortion: DDPM Figure 5 panels and the RD plot with BD-rates → rd.json,
             rd.png, rd_panels.png (adds bench/results/progressive.json when present)
   lossless  lossless table: VLB, bits-back, PNG, WebP-LL, JPEG XL → lossless_table.{json,png}
@@ -26,8 +28,8 @@ from pathlib import Path
 from .context import Context
 from .provenance import RESULTS
 
-STAGES = ("classic", "ideal", "rd", "lossless", "terms", "strip")
-MODULES = {"classic": "classic", "ideal": "ideal", "rd": "rd", "lossless": "lossless_table", "terms": "timestep_terms", "strip": "strip"}
+STAGES = ("classic", "ideal", "progressive", "rd", "lossless", "terms", "strip")
+MODULES = {"classic": "classic", "ideal": "ideal", "progressive": "progressive", "rd": "rd", "lossless": "lossless_table", "terms": "timestep_terms", "strip": "strip"}
 QUICK_NUM = 100
 
 

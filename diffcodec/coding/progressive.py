@@ -262,7 +262,7 @@ def encode(prior: Prior, image, params: ProgressiveParams = ProgressiveParams(),
     header = pf.Header(prior_digest=prior.digest, steps=K, spacing=_SPACINGS.index(params.spacing),
                        chunk_quarters=round(4 * params.chunk_bits), merge_quarters=round(4 * params.merge_bits),
                        threads=params.threads, max_batch=params.max_batch, channels=c, height=h, width=w,
-                       tile=prior.image_shape[1], stop=K, total_bytes=0)
+                       stop=K, total_bytes=0)
     x0 = pixels_to_model(torch.from_numpy(tiles), torch.float64).flatten(1)  # [B, D]
     coder = ArithmeticEncoder()
     records: list[StepRecord] = []
@@ -479,7 +479,7 @@ def decode(prior: Prior, data: bytes, steps: int | None = None, keep_intermediat
         raise ValueError(f"file was made with another prior (digest {header.prior_digest}…, this prior is "
                          f"{(prior.digest or 'unknown')[:8]}…); pass the right one with --prior")
     c, size = prior.image_shape[0], prior.image_shape[1]
-    if header.channels != c or header.tile != size or header.steps > prior.config.num_timesteps:
+    if header.channels != c or header.steps > prior.config.num_timesteps:
         raise ValueError("progressive file is inconsistent with its prior (corrupted header)")
     schedule = prior.schedule(header.steps, _SPACINGS[header.spacing])
     K = schedule.num_steps

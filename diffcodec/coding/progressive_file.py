@@ -2,11 +2,15 @@
 
 A 28×28 file is a few hundred bytes, so every count is an unsigned LEB128 varint. Layout::
 
-    magic b"DCP" (3) · format version 1 (1) · prior digest, first 4 bytes of its SHA-256 (4)
-    varints: steps K, spacing (0 even, 1 front), chunk size κ and merge size in quarter bits, torch threads,
-             tiles per network call, channels C, height H, width W, tile size (the prior's),
-             stop (reverse steps in the file; K = the exact image), total file bytes
+    magic b"DP" (2) · format version 1 (1) · prior digest, first 4 bytes of its SHA-256 (4)
+    varint flags: bit 0 = the default coder parameters (below), bit 1 = three channels (else one)
+    varints, only when bit 0 is clear: steps K, spacing (0 even, 1 front), chunk size κ and merge
+             size in quarter bits, torch threads, tiles per network call
+    varints: height H, width W, stop (reverse steps in the file; K = the exact image), total file bytes
     CRC-16 (CCITT) of the header bytes before it (2)
+
+(The tile size is the prior's, fixed by the digest.) A 28×28 file with default parameters spends
+19 bytes on header and checksums.
     body: the step stream and, when stop = K, x_0's range-coded words (coding.progressive)
     CRC-32 of every byte before it followed by the decoded pixels [C, H, W] uint8 (4)
 
@@ -17,13 +21,13 @@ decodes to, so a decoder that desynchronizes fails loudly instead of showing a w
 Round trip (a test executes this)::
 
     >>> import numpy as np
-    >>> h = Header(prior_digest="ab" * 32, steps=100, spacing=1, chunk_quarters=32, merge_quarters=64, threads=1, max_batch=64,
-    ...            channels=1, height=28, width=28, tile=28, stop=100, total_bytes=0)
+    >>> h = Header(prior_digest="ab" * 32, steps=100, spacing=1, chunk_quarters=40, merge_quarters=64, threads=1,
+    ...            max_batch=64, channels=1, height=28, width=28, stop=100, total_bytes=0)
     >>> pixels = np.zeros((1, 28, 28), np.uint8)
     >>> blob = pack(h, b"body", pixels)
     >>> h2, body, complete = unpack(blob)
     >>> (h2.steps, h2.stop, body, complete, verify(blob, pixels), len(blob))
-    (100, 100, b'body', True, True, 30)
+    (100, 100, b'body', True, True, 22)
     >>> unpack(blob[:-4])[1:]                      # a cut file: the body so far, not complete
     (b'body', False)
 """
@@ -38,13 +42,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-MAGIC = b"DCP"
+MAGIC = b"DP"
 VERSION = 1
 DIGEST_BYTES = 4
 MAX_DIMS = 1 << 26  # pixels × channels a file may claim (the decoder holds float64 latents of this size)
 MAX_STEPS = 100_000
-_FIELDS = ("steps", "spacing", "chunk_quarters", "merge_quarters", "threads", "max_batch", "channels", "height", "width", "tile",
-           "stop", "total_bytes")
+_PARAMS = ("steps", "spacing", "chunk_quarters", "merge_quarters", "threads", "max_batch")
+DEFAULT_PARAMS = (100, 1, 40, 64, 1, 64)  # what flag bit 0 stands for
+_SHAPE = ("height", "width", "stop", "total_bytes")
 
 
 @dataclass(frozen=True)
@@ -59,7 +64,6 @@ class Header:
     channels: int
     height: int
     width: int
-    tile: int
     stop: int
     total_bytes: int
 
@@ -86,8 +90,12 @@ def _varint(n: int) -> bytes:
 
 
 def _header_bytes(h: Header) -> bytes:
-    out = MAGIC + bytes([VERSION]) + bytes.fromhex(h.prior_digest)[:DIGEST_BYTES]
-    out += b"".join(_varint(getattr(h, f)) for f in _FIELDS)
+    params = tuple(getattr(h, f) for f in _PARAMS)
+    flags = (params == DEFAULT_PARAMS) | (2 if h.channels == 3 else 0)
+    out = MAGIC + bytes([VERSION]) + bytes.fromhex(h.prior_digest)[:DIGEST_BYTES] + _varint(flags)
+    if not flags & 1:
+        out += b"".join(_varint(v) for v in params)
+    out += b"".join(_varint(getattr(h, f)) for f in _SHAPE)
     return out + struct.pack("<H", binascii.crc_hqx(out, 0xFFFF))
 
 
@@ -127,21 +135,28 @@ def unpack(blob: bytes) -> tuple[Header, bytes, bool]:
     """File bytes (or a prefix) → (Header, body so far, complete). ValueError for anything else."""
     if blob[:3] == b"DCL":
         raise ValueError("this is a lossless file from `diffcodec compress`; decode it with `diffcodec decompress`")
-    if len(blob) < 4 or blob[:3] != MAGIC:
-        raise ValueError("not a diffcodec progressive file (bad magic)" if len(blob) >= 3 or not MAGIC.startswith(blob)
+    m = len(MAGIC)
+    if len(blob) <= m or blob[:m] != MAGIC:
+        raise ValueError("not a diffcodec progressive file (bad magic)" if len(blob) >= m or not MAGIC.startswith(blob)
                          else "progressive file is truncated inside its header")
-    if blob[3] != VERSION:
-        raise ValueError(f"unsupported progressive file version {blob[3]} (this diffcodec reads version {VERSION})")
-    pos, values = 4 + DIGEST_BYTES, {}
+    if blob[m] != VERSION:
+        raise ValueError(f"unsupported progressive file version {blob[m]} (this diffcodec reads version {VERSION})")
+    pos, values = m + 1 + DIGEST_BYTES, {}
     try:
-        for f in _FIELDS:
+        flags, pos = _read_varint(blob, pos)
+        if flags & 1:
+            values.update(zip(_PARAMS, DEFAULT_PARAMS))
+        for f in ([] if flags & 1 else list(_PARAMS)) + list(_SHAPE):
             values[f], pos = _read_varint(blob, pos)
+        values["channels"] = 3 if flags & 2 else 1
         (crc,) = struct.unpack_from("<H", blob, pos)
     except (IndexError, struct.error):
         raise ValueError(f"progressive file is truncated inside its header ({len(blob)} bytes)") from None
     if crc != binascii.crc_hqx(blob[:pos], 0xFFFF):
         raise ValueError("progressive file is corrupted (header checksum mismatch)")
-    header = Header(prior_digest=blob[4 : 4 + DIGEST_BYTES].hex(), **values)
+    if flags >> 2:
+        raise ValueError("progressive file is corrupted (unknown header flags)")
+    header = Header(prior_digest=blob[m + 1 : m + 1 + DIGEST_BYTES].hex(), **values)
     _check_fields(header)
     start = pos + 2
     if header.total_bytes < start + 4:
@@ -174,7 +189,6 @@ def _check_fields(h: Header) -> None:
         (1 <= h.max_batch <= 65535, "batch size"),
         (h.channels in (1, 3), "channels"),
         (1 <= h.height < 65536 and 1 <= h.width < 65536, "image size"),
-        (1 <= h.tile <= 4096, "tile size"),
         (h.stop <= h.steps, "stop step"),
         (h.channels * h.height * h.width <= MAX_DIMS, "image size"),
     ]
