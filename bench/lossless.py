@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 from bench import classic  # noqa: E402
 from diffcodec.checkpoint import default_prior_path, load_prior  # noqa: E402
+from diffcodec.coding import container, lossless  # noqa: E402
 from diffcodec.coding.lossless import DEFAULT_GRID, DEFAULT_MAX_BATCH, CodecParams, compress, decompress  # noqa: E402
 from diffcodec.data import load_images  # noqa: E402
 from diffcodec.defaults import CODEC_SPACING, CODEC_STEPS  # noqa: E402
@@ -52,15 +53,15 @@ def classic_sizes(image: np.ndarray) -> dict[str, int]:
     return {k: classic.lossless_bytes(k, arr) for k in keys}
 
 
-def vlb(prior, images, schedule) -> tuple[torch.Tensor, float]:
+def vlb(prior, images, schedule, workers: int | None = None) -> tuple[torch.Tensor, float]:
     """(per-image VLB in bits/dim [N], Monte Carlo standard error of their mean).
 
     Two independent noise draws per image (likelihood.evaluate_nll, exact estimator, seeds 0 and 1,
-    one worker per CPU core): the mean of both is the estimate; the spread of their difference
+    ``workers`` threads, default one per CPU core): the mean of both is the estimate; the spread of their difference
     measures the Monte Carlo error alone, the relevant error when real sizes of the *same* images are
     compared with it (image-to-image variation is common to both)."""
     draws = [
-        torch.from_numpy(evaluate_nll(prior, images, schedule, seed=s, workers=os.cpu_count()).image_bpd)
+        torch.from_numpy(evaluate_nll(prior, images, schedule, seed=s, workers=workers or os.cpu_count()).image_bpd)
         for s in (0, 1)
     ]
     bpd = (draws[0] + draws[1]) / 2
@@ -69,12 +70,12 @@ def vlb(prior, images, schedule) -> tuple[torch.Tensor, float]:
     return bpd, mc
 
 
-def chained(prior, images, names, params) -> dict:
+def chained(prior, images, names, params, workers: int | None = None) -> dict:
     blob, enc = compress(prior, images, names, params, progress=True)
     out, _, dec = decompress(prior, blob, progress=True)
     assert np.array_equal(out, images), "decode is not bit-exact"
     dims = images.size
-    per_image, mc = vlb(prior, images, prior.schedule(params.steps, params.spacing))
+    per_image, mc = vlb(prior, images, prior.schedule(params.steps, params.spacing), workers)
     mean, se = float(per_image.mean()), float(per_image.std() / math.sqrt(len(per_image)))
     file_bpd = enc.file_bits / dims
     # The first image is the bootstrap (a WebP/PNG file at the bottom of the stack), so the chain proper
@@ -95,6 +96,7 @@ def chained(prior, images, names, params) -> dict:
         "ratio_chain_to_vlb": chain_bpd / chain_vlb,
         "overhead_percent": 100 * (file_bpd / mean - 1),
         "initial_bits": enc.initial_bits,
+        "batches": len(lossless.batch_sizes(enc.num_tiles - 1, params.max_batch, container.unpack(blob)[0].ramp)),
         "bootstrap_bits": enc.bootstrap_bits,
         "header_bits": enc.header_bits,
         "encode_seconds_per_image": enc.seconds / len(images),
@@ -134,9 +136,10 @@ def plot(result: dict, path: Path) -> None:
 
     c = result["chained"]
     bars = {"VLB (same steps)": c["vlb_bits_per_dim"], f"diffcodec, {c['images']} chained": c["file_bits_per_dim"]} if c else {}
-    bars.update({f"{k}, single": v for k, v in result["single"]["bits_per_dim"].items()})
+    singles = result["single"]["bits_per_dim"] if result["single"] else {}
+    bars.update({f"{k}, single": v for k, v in singles.items()})
     fig, ax = plt.subplots(figsize=(8, 4))
-    colors = (["#888", "#c44"] if c else []) + ["#c44"] + ["#48c"] * (len(result["single"]["bits_per_dim"]) - 1)
+    colors = (["#888", "#c44"] if c else []) + (["#c44"] + ["#48c"] * (len(singles) - 1) if singles else [])
     ax.barh(list(bars), list(bars.values()), color=colors)
     for y, v in enumerate(bars.values()):
         ax.text(v, y, f" {v:.3f}", va="center")
@@ -152,7 +155,8 @@ def main() -> None:
     ap.add_argument("--prior", default=None, help="prior file (default: the embedded one)")
     ap.add_argument("--data", default="fashion-mnist:test")
     ap.add_argument("--num", type=int, default=1000, help="images in the chained stream (0: single images only)")
-    ap.add_argument("--single", type=int, default=100, help="images compressed one file each")
+    ap.add_argument("--single", type=int, default=100, help="images compressed one file each (0: none)")
+    ap.add_argument("--workers", type=int, default=None, help="threads of the VLB evaluation (default: one per core)")
     ap.add_argument("--steps", type=int, default=CODEC_STEPS)
     ap.add_argument("--spacing", default=CODEC_SPACING.value)
     ap.add_argument("--grid", type=float, default=DEFAULT_GRID)
@@ -176,8 +180,8 @@ def main() -> None:
         "threads": params.threads,
         "max_batch": params.max_batch,
         "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
-        "chained": chained(prior, data.images[: args.num], data.names[: args.num], params) if args.num else None,
-        "single": singles(prior, data.images[: args.single], params),
+        "chained": chained(prior, data.images[: args.num], data.names[: args.num], params, args.workers) if args.num else None,
+        "single": singles(prior, data.images[: args.single], params) if args.single else None,
         "full_run": args.num >= 1000,
     }
     result["wall_seconds"] = time.time() - t0

@@ -19,7 +19,7 @@ from diffcodec.checkpoint import save_prior
 from diffcodec.coding import ans, bitsback, container, lossless
 from diffcodec.coding.ans import Stack
 from diffcodec.coding.bitsback import LatentGrid, decode_batch, decoder_probs, encode_batch
-from diffcodec.coding.lossless import CodecParams, batch_sizes, compress, decompress, from_tiles, to_tiles
+from diffcodec.coding.lossless import CodecParams, batch_sizes, compress, decompress, from_tiles, ramp_of, to_tiles
 from diffcodec.diffusion import discretized_gaussian_log_likelihood
 from diffcodec.terms import compute_terms
 from diffcodec.units import nats_to_bpd
@@ -157,17 +157,21 @@ def test_single_tile_costs_its_bootstrap_file_plus_header(tiny_prior):
     codec, boot = lossless.bootstrap(image[0])
     assert st.bootstrap_bits == 8 * len(boot)
     assert st.payload_bits == 32 * (-(-len(boot) // 4) + 1) and st.initial_bits == 32
-    assert st.header_bits == 8 * (12 + 16 + len("one.png") + 8 + 4)  # magic+version+digest, varints, name, hash, CRC
+    assert st.header_bits == 8 * (12 + 17 + len("one.png") + 8 + 4)  # magic+version+digest, varints, name, hash, CRC
     if codec == lossless.BOOT_WEBP:  # the RIFF wrapper is not stored: smaller than the WebP file itself
         assert len(boot) == len(lossless._webp_file(boot)) - 20 - len(boot) % 2
     assert np.array_equal(decompress(tiny_prior, blob)[0], image)
 
 
-def test_batches_grow_from_one_and_cover_everything():
-    assert batch_sizes(20, 4) == [1, 1, 1, 1, 2, 3, 4, 4, 3]
-    for total, cap in [(1, 64), (1000, 64), (37, 5)]:
-        sizes = batch_sizes(total, cap)
-        assert sum(sizes) == total and max(sizes) <= cap and sizes[0] == 1
+def test_batches_follow_the_recorded_ramp_and_cover_everything():
+    assert batch_sizes(20, 4, (1, 1, 2, 3)) == [1, 1, 2, 3, 4, 4, 4, 1]
+    assert batch_sizes(7, 4) == [4, 3]
+    for sizes, cap in [([1], 64), ([1, 1, 2, 64, 64, 9], 64), ([1, 2, 3, 5, 5, 5, 2], 5), ([1, 1, 3, 2], 4)]:
+        ramp = ramp_of(sizes, cap)
+        assert batch_sizes(sum(sizes), cap, ramp) == sizes
+    assert ramp_of([1, 1, 2, 64, 64, 9], 64) == (1, 1, 2)
+    with pytest.raises(ValueError):
+        batch_sizes(3, 4, (2, 2))
 
 
 def test_tiles_pad_and_crop():
@@ -211,8 +215,7 @@ def _forge(blob: bytes, **fields) -> bytes:
     header, payload = container.unpack(blob)
     values = {f: getattr(header, f) for f in container._VARINT_FIELDS} | fields
     kind, body = container._encode_names(header.names)
-    counts = [*values.values(), len(payload), kind, len(body)]
-    out = blob[: 4 + container.DIGEST_BYTES] + b"".join(container._varint(v) for v in counts)
+    out = blob[: 4 + container.DIGEST_BYTES] + container.varint_fields(values, header.ramp, len(payload), kind, len(body))
     out += body + header.pixel_hash + payload.astype("<u4").tobytes()
     return out + struct.pack("<I", zlib.crc32(out))
 

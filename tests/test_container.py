@@ -34,8 +34,9 @@ def repack(blob: bytes, names: list[str] | None = None, **fields) -> bytes:
     header, payload = container.unpack(blob)
     values = {f: getattr(header, f) for f in container._VARINT_FIELDS} | fields
     kind, body = container._encode_names(header.names if names is None else names)
-    counts = [*values.values(), len(payload), kind, len(body)]
-    out = blob[: 4 + container.DIGEST_BYTES] + b"".join(container._varint(v) for v in counts)
+    ramp = fields.pop("ramp", header.ramp)
+    values = {f: values[f] for f in container._VARINT_FIELDS}
+    out = blob[: 4 + container.DIGEST_BYTES] + container.varint_fields(values, ramp, len(payload), kind, len(body))
     out += body + header.pixel_hash + payload.astype("<u4").tobytes()
     return out + struct.pack("<I", zlib.crc32(out))
 
@@ -104,6 +105,9 @@ def test_batch_sizes_refuse_an_empty_batch():
         (dict(count=2**19, height=1, width=1, steps=65535), "tile-steps"),
         (dict(seed_words=10**6), "seed of 1000000 words"),
         (dict(boot_bytes=0), "bootstrap of 0 bytes"),
+        (dict(ramp=(0,)), "batch sizes"),
+        (dict(ramp=(3,)), "batch sizes"),  # above max_batch = 2
+        (dict(ramp=(1,) * 6), "batch sizes"),  # 6 tiles where 5 are chained
     ],
 )
 def test_forged_fields_fail_fast_before_allocating(coded, fields, msg):
@@ -168,15 +172,15 @@ def test_name_bombs_are_refused(coded):
     prior, images, blob = coded
     header, payload = container.unpack(blob)
     bomb = zlib.compress(b"a" * 10**7, 9)  # 10 MB of names in ~10 kB
-    values = [getattr(header, f) for f in container._VARINT_FIELDS] + [len(payload), container.NAME_ZLIB, len(bomb)]
-    out = blob[: 4 + container.DIGEST_BYTES] + b"".join(container._varint(v) for v in values)
+    values = {f: getattr(header, f) for f in container._VARINT_FIELDS}
+    out = blob[: 4 + container.DIGEST_BYTES] + container.varint_fields(values, header.ramp, len(payload), container.NAME_ZLIB, len(bomb))
     out += bomb + header.pixel_hash + payload.astype("<u4").tobytes()
     out += struct.pack("<I", zlib.crc32(out))
     with pytest.raises(ValueError, match="unreadable image names"):
         container.unpack(out)
     template = "\0".join(["p", ".png", "0", "999999999"]).encode()
-    values[-2:] = [container.NAME_TEMPLATE, len(template)]
-    out = blob[: 4 + container.DIGEST_BYTES] + b"".join(container._varint(v) for v in values)
+    out = blob[: 4 + container.DIGEST_BYTES]
+    out += container.varint_fields(values, header.ramp, len(payload), container.NAME_TEMPLATE, len(template))
     out += template + header.pixel_hash + payload.astype("<u4").tobytes()
     with pytest.raises(ValueError, match="unreadable image names"):
         container.unpack(out + struct.pack("<I", zlib.crc32(out)))

@@ -80,6 +80,7 @@ class Stack:
         self.prepended_words = 0  # words added at the bottom by ensure_bits
         self._min_depth: list[tuple[int, int]] = []  # (prepended so far, words left) after each pop
         self._salt = 0
+        self.low_water_bits = self.level_bits()  # lowest level after a pop since mark_low_water()
 
     @classmethod
     def seeded(cls, num_words: int = 0) -> "Stack":
@@ -139,6 +140,15 @@ class Stack:
         self._salt += 1
         self.prepended_words += extra
 
+    def level_bits(self) -> int:
+        """Bits on the stack above its original bottom (words prepended by ensure_bits count below 0)."""
+        return self.num_bits() - WORD_BITS * self.prepended_words
+
+    def mark_low_water(self) -> int:
+        """Start tracking the lowest level from here (see low_water_bits); returns the current level."""
+        self.low_water_bits = self.level_bits()
+        return self.low_water_bits
+
     def untouched_bottom_words(self) -> int:
         """How many words at the bottom of the final stack no pop ever read (safe to trim)."""
         if not self._min_depth:
@@ -153,6 +163,7 @@ class Stack:
         if left < self.floor_words:
             raise ValueError("decoding desynchronized (the stream ran dry); no images written")
         self._min_depth.append((self.prepended_words, left))
+        self.low_water_bits = min(self.low_water_bits, self.level_bits())
 
     # -- quantized Gaussians on −radius..radius -------------------------------------------
     def push_gaussian(self, symbols: np.ndarray, mean: np.ndarray, std: np.ndarray, radius: int) -> None:

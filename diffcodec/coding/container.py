@@ -4,12 +4,12 @@ A 28×28 image costs a few hundred bytes, so the header is kept small: fixed-wid
 they must be (magic, version, digest, hashes), every count an unsigned LEB128 varint (one byte below
 128, two below 16,384). Layout::
 
-    magic b"DCL" (3) · format version 2 (1) · prior digest, first 8 bytes of its SHA-256 (8)
+    magic b"DCL" (3) · format version 3 (1) · prior digest, first 8 bytes of its SHA-256 (8)
     varints: steps K, spacing (0 even, 1 front), grid G in eighths, torch threads, largest batch,
              images N, channels C, height H, width W, tile size (the prior's), seed words (incl. seal),
              bootstrap codec of tile 0 (1 WebP lossless as a bare VP8L stream, 2 PNG),
-             bootstrap bytes, payload words, names kind (0 template, 1 zlib list, 2 plain list),
-             names length L
+             bootstrap bytes, number R of ramp batch sizes and the R sizes (coding.lossless),
+             payload words, names kind (0 template, 1 zlib list, 2 plain list), names length L
     names (L) · SHA-256 prefix of the names and the decoded pixels (8) · payload: 4·(payload words),
     the ANS stack bottom first, uint32 · CRC-32 of every byte before it (4)
 
@@ -33,7 +33,7 @@ file names ending in ``.png``, unique even on a case-insensitive file system
     >>> blob = pack(h, words)
     >>> h2, w2 = unpack(blob)
     >>> h2 == h, bool((w2 == words).all()), len(blob) - 4 * len(words)
-    (True, True, 51)
+    (True, True, 52)
     >>> unique_output_names(["a", "a.png", "A.PNG", "b.bmp"])
     ['a-3.png', 'a.png', 'A-2.PNG', 'b.bmp.png']
 """
@@ -87,6 +87,7 @@ class Header:
     boot_codec: int  # how tile 0 was coded into the seed
     boot_bytes: int
     names: list[str] = field(default_factory=list)
+    ramp: tuple[int, ...] = ()  # sizes of the first batches; the rest are max_batch (coding.lossless.batch_sizes)
     payload_words: int = field(default=0, compare=False)  # filled in by unpack
 
     def __post_init__(self):
@@ -245,11 +246,20 @@ def pack(header: Header, payload: np.ndarray) -> bytes:
             raise ValueError(f"header field {f} = {getattr(header, f)} is outside {lo}..{hi}")
     if len(header.pixel_hash) != HASH_BYTES:
         raise ValueError(f"pixel hash must be {HASH_BYTES} bytes")
+    if any(not 1 <= n <= header.max_batch for n in header.ramp):
+        raise ValueError(f"batch sizes must be in 1..{header.max_batch}")
     kind, body = _encode_names(header.names)
-    fields = [getattr(header, f) for f in _VARINT_FIELDS] + [len(payload), kind, len(body)]
+    values = {f: getattr(header, f) for f in _VARINT_FIELDS}
     out = MAGIC + bytes([VERSION]) + bytes.fromhex(header.prior_digest)[:DIGEST_BYTES]
-    out += b"".join(_varint(v) for v in fields) + body + header.pixel_hash + payload.tobytes()
+    out += varint_fields(values, header.ramp, len(payload), kind, len(body)) + body + header.pixel_hash + payload.tobytes()
     return out + struct.pack("<I", zlib.crc32(out))
+
+
+def varint_fields(values: dict, ramp, payload_words: int, names_kind: int, names_len: int) -> bytes:
+    """The varint part of the header: the _VARINT_FIELDS in order, the ramp (count, then sizes), payload
+    words, names kind and names length."""
+    fields = [values[f] for f in _VARINT_FIELDS] + [len(ramp), *ramp, payload_words, names_kind, names_len]
+    return b"".join(_varint(v) for v in fields)
 
 
 def unpack(blob: bytes) -> tuple[Header, np.ndarray]:
@@ -261,6 +271,10 @@ def unpack(blob: bytes) -> tuple[Header, np.ndarray]:
     r = _Reader(blob, 4)
     digest = r.take(DIGEST_BYTES)
     values = {f: r.varint() for f in _VARINT_FIELDS}
+    num_ramp = r.varint()
+    if num_ramp > len(blob) - r.pos:  # every size takes a byte at least
+        raise ValueError(f"compressed file is truncated or corrupted (it claims {num_ramp} batch sizes)")
+    ramp = tuple(r.varint() for _ in range(num_ramp))
     payload_words, kind, names_len = r.varint(), r.varint(), r.varint()
     expected = r.pos + names_len + HASH_BYTES + 4 * payload_words + 4
     if len(blob) != expected:
@@ -268,7 +282,7 @@ def unpack(blob: bytes) -> tuple[Header, np.ndarray]:
         raise ValueError(f"compressed file is {what} ({len(blob)} bytes, its header says {expected})")
     if struct.unpack_from("<I", blob, len(blob) - 4)[0] != zlib.crc32(blob[:-4]):
         raise ValueError("compressed file is corrupted (checksum mismatch)")
-    _check_fields(values, payload_words, kind)
+    _check_fields(values, ramp, payload_words, kind)
     n = values["count"]
     names = [check_name(x) for x in _decode_names(kind, r.take(names_len), n)]
     try:
@@ -277,12 +291,13 @@ def unpack(blob: bytes) -> tuple[Header, np.ndarray]:
         raise ValueError(f"compressed file is corrupted ({err})") from None
     pixel_hash = r.take(HASH_BYTES)
     data = r.take(4 * payload_words)
-    header = Header(prior_digest=digest.hex(), **values, pixel_hash=pixel_hash, names=names, payload_words=payload_words)
+    header = Header(prior_digest=digest.hex(), **values, pixel_hash=pixel_hash, names=names, ramp=ramp,
+                    payload_words=payload_words)
     return header, np.frombuffer(data, dtype="<u4").astype(np.uint32)
 
 
 
-def _check_fields(v: dict, payload_words: int, names_kind: int) -> None:
+def _check_fields(v: dict, ramp: tuple[int, ...], payload_words: int, names_kind: int) -> None:
     """Every header field within its legal range, consistent with the payload size, and the work it
     implies within this diffcodec's limits; ValueError naming the first field that is not."""
     for f, (lo, hi) in LIMITS.items():
@@ -299,6 +314,8 @@ def _check_fields(v: dict, payload_words: int, names_kind: int) -> None:
             f"words, payload of {payload_words} words)"
         )
     try:
-        check_work(v["count"], v["channels"], v["height"], v["width"], v["tile"], v["steps"])
+        tiles = check_work(v["count"], v["channels"], v["height"], v["width"], v["tile"], v["steps"])
     except ValueError as err:
         raise ValueError(f"compressed file is corrupted or too large ({err})") from None
+    if any(not 1 <= n <= v["max_batch"] for n in ramp) or sum(ramp) > tiles - 1:
+        raise ValueError(f"compressed file is corrupted (batch sizes {list(ramp[:8])}… do not fit {tiles} tiles)")
