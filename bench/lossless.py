@@ -78,10 +78,11 @@ def chained(prior, images, names, params, workers: int | None = None) -> dict:
     per_image, mc = vlb(prior, images, prior.schedule(params.steps, params.spacing), workers)
     mean, se = float(per_image.mean()), float(per_image.std() / math.sqrt(len(per_image)))
     file_bpd = enc.file_bits / dims
-    # The first image is the bootstrap (a WebP/PNG file at the bottom of the stack), so the chain proper
-    # codes images 1..N-1: compare its bits with their VLB as well.
-    chain_bpd = (enc.payload_bits - enc.bootstrap_bits - enc.initial_bits) / (dims - images[0].size)
-    chain_vlb = float(per_image[1:].mean())
+    # The first B images are the bootstrap (WebP/PNG files at the bottom of the stack), so the chain
+    # proper codes images B..N-1: compare its bits with their VLB as well.
+    boot = enc.bootstrap_tiles
+    chain_bpd = enc.chain_bits / (dims - boot * images[0].size) if boot < len(images) else float("nan")
+    chain_vlb = float(per_image[boot:].mean()) if boot < len(images) else float("nan")
     return {
         "images": len(images),
         "file_bits_per_dim": file_bpd,
@@ -96,6 +97,7 @@ def chained(prior, images, names, params, workers: int | None = None) -> dict:
         "ratio_chain_to_vlb": chain_bpd / chain_vlb,
         "overhead_percent": 100 * (file_bpd / mean - 1),
         "initial_bits": enc.initial_bits,
+        "bootstrap_tiles": boot,
         "batches": len(lossless.batch_sizes(enc.num_tiles - 1, params.max_batch, container.unpack(blob)[0].ramp)),
         "bootstrap_bits": enc.bootstrap_bits,
         "header_bits": enc.header_bits,

@@ -35,8 +35,8 @@ def _mean_se(x) -> tuple[float, float | None]:
 def compress_record(prior, images, stats, params, out: str, blob_bytes: int, with_vlb: bool) -> dict:
     """The JSON record of a compress call: the file, its fixed costs in bytes, and the chain apart from them.
 
-    fixed costs = header + initial bits (paid once per file, whatever its size); the first tile is
-    stored by a classic codec (the bootstrap); the chain (tiles 1..n−1) is what the prior coded, and
+    fixed costs = header + initial bits (paid once per file, whatever its size); the first tiles are
+    stored by a classic codec (the bootstrap); the chain (the other tiles) is what the prior coded, and
     its overhead is measured against the VLB of exactly those tiles. Per-dim figures of the chain are
     per tile pixel (tiles of larger images include their edge padding).
     """
@@ -44,14 +44,15 @@ def compress_record(prior, images, stats, params, out: str, blob_bytes: int, wit
 
     dims = stats.num_images * stats.dims_per_image
     tile_dims = prior.num_dims
-    chained = stats.num_tiles - 1
+    boot = stats.bootstrap_tiles
+    chained = stats.num_tiles - boot
     rec = {
         "out": out, "images": stats.num_images, "tiles": stats.num_tiles, "steps": params.steps,
         "spacing": params.spacing.value, "grid": params.grid, "threads": params.threads,
         "file_bytes": blob_bytes, "bits_per_dim": stats.file_bits / dims, "payload_bits_per_dim": stats.payload_bits / dims,
         "header_bytes": stats.header_bits // 8, "initial_bytes": stats.initial_bits // 8,
         "fixed_bytes": (stats.header_bits + stats.initial_bits) // 8,
-        "bootstrap_bytes": stats.bootstrap_bits // 8, "bootstrap_codec": stats.bootstrap_codec,
+        "bootstrap_tiles": boot, "bootstrap_bytes": stats.bootstrap_bits // 8, "bootstrap_codec": stats.bootstrap_codec,
         "header_bits": stats.header_bits, "initial_bits": stats.initial_bits, "bootstrap_bits": stats.bootstrap_bits,
         "chain_tiles": chained, "chain_bytes": stats.chain_bits / 8,
         "chain_bits_per_dim": stats.chain_bits / (chained * tile_dims) if chained else None,
@@ -66,10 +67,10 @@ def compress_record(prior, images, stats, params, out: str, blob_bytes: int, wit
         rec["vlb_stderr"] = None if se is None else se * stats.num_tiles * tile_dims / dims
         rec["overhead_percent"] = 100.0 * (rec["bits_per_dim"] / rec["vlb_bits_per_dim"] - 1.0)
         if chained:
-            chain_mean, chain_se = _mean_se(vlb[1:] / tile_dims)
+            chain_mean, chain_se = _mean_se(vlb[boot:] / tile_dims)
             rec["chain_vlb_bits_per_dim"] = chain_mean
             rec["chain_vlb_stderr"] = chain_se
-            rec["chain_overhead_percent"] = 100.0 * (stats.chain_bits / vlb[1:].sum() - 1.0)
+            rec["chain_overhead_percent"] = 100.0 * (stats.chain_bits / vlb[boot:].sum() - 1.0)
         else:
             rec["chain_vlb_bits_per_dim"] = rec["chain_vlb_stderr"] = rec["chain_overhead_percent"] = None
     return rec
@@ -81,11 +82,13 @@ def print_compress(rec: dict) -> None:
                f"{rec['bits_per_dim']:.4f} bits/dim")
     click.echo(f"  fixed costs  {rec['fixed_bytes']:,} bytes, paid once per file: header {rec['header_bytes']}, "
                f"initial bits {rec['initial_bytes']}")
-    first = "tile" if unit == "tiles" else "image"
-    click.echo(f"  first {first}  {rec['bootstrap_bytes']:,} bytes by {rec['bootstrap_codec']} (the seed of the stack)")
+    boot = rec["bootstrap_tiles"]
+    first = f"{unit[:-1] if boot == 1 else f'{boot} {unit}'}"
+    click.echo(f"  classic      first {first} in {rec['bootstrap_bytes']:,} bytes by {rec['bootstrap_codec']} "
+               f"(the seed of the stack)")
     if rec["chain_tiles"] == 0:
-        click.echo("  chain        none: a single tile is stored by its classic codec alone; the prior codes "
-                   "every further one")
+        click.echo("  chain        none: too few tiles for the prior to pay for its first pops; the classic "
+                   "codec stores them all")
     else:
         line = (f"  chain        {rec['chain_tiles']} {unit if rec['chain_tiles'] > 1 else unit[:-1]} in "
                 f"{rec['chain_bytes']:,.0f} bytes, {rec['chain_bits_per_dim']:.4f} bits/dim")

@@ -16,7 +16,7 @@ import torch
 from scipy import stats
 
 from diffcodec.checkpoint import save_prior
-from diffcodec.coding import ans, bitsback, container, lossless
+from diffcodec.coding import ans, bitsback, bootstrap, container, lossless
 from diffcodec.coding.ans import Stack
 from diffcodec.coding.bitsback import LatentGrid, decode_batch, decoder_probs, encode_batch
 from diffcodec.coding.lossless import CodecParams, batch_sizes, compress, decompress, from_tiles, ramp_of, to_tiles
@@ -28,7 +28,7 @@ from .conftest import make_tiny_prior, random_images
 from .test_oracle import draw_images, oracle_prior
 
 
-@pytest.mark.parametrize("module", [ans, bitsback, container, lossless])
+@pytest.mark.parametrize("module", [ans, bitsback, bootstrap, container, lossless])
 def test_module_docstring_round_trips_run(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
@@ -154,12 +154,16 @@ def test_single_tile_costs_its_bootstrap_file_plus_header(tiny_prior):
     image = random_images(1, seed=8).numpy()
     tiny_prior.digest = "33" * 32
     blob, st = compress(tiny_prior, image, ["one.png"], CodecParams(steps=4, threads=1))
-    codec, boot = lossless.bootstrap(image[0])
-    assert st.bootstrap_bits == 8 * len(boot)
+    codec, boot = bootstrap.classic_tile(image[0])
+    assert st.bootstrap_bits == 8 * len(boot) and st.bootstrap_tiles == 1
     assert st.payload_bits == 32 * (-(-len(boot) // 4) + 1) and st.initial_bits == 32
-    assert st.header_bits == 8 * (12 + 17 + len("one.png") + 8 + 4)  # magic+version+digest, varints, name, hash, CRC
-    if codec == lossless.BOOT_WEBP:  # the RIFF wrapper is not stored: smaller than the WebP file itself
-        assert len(boot) == len(lossless._webp_file(boot)) - 20 - len(boot) % 2
+    h = container.unpack(blob)[0]
+    varints = container.varint_fields({f: getattr(h, f) for f in container._VARINT_FIELDS}, h.boot, h.ramp,
+                                      h.payload_words, container.NAME_PLAIN, len("one.png"))
+    assert len(varints) == 18  # 11 fields; count, codec and bytes of the classic tile; no batch sizes; 3 lengths
+    assert st.header_bits == 8 * (12 + len(varints) + len("one.png") + 8 + 4)  # magic+version+digest, varints, name, hash, CRC
+    if codec == bootstrap.BOOT_WEBP:  # the RIFF wrapper is not stored: smaller than the WebP file itself
+        assert len(boot) == len(bootstrap.webp_file(boot)) - 20 - len(boot) % 2
     assert np.array_equal(decompress(tiny_prior, blob)[0], image)
 
 
@@ -215,7 +219,7 @@ def _forge(blob: bytes, **fields) -> bytes:
     header, payload = container.unpack(blob)
     values = {f: getattr(header, f) for f in container._VARINT_FIELDS} | fields
     kind, body = container._encode_names(header.names)
-    out = blob[: 4 + container.DIGEST_BYTES] + container.varint_fields(values, header.ramp, len(payload), kind, len(body))
+    out = blob[: 4 + container.DIGEST_BYTES] + container.varint_fields(values, header.boot, header.ramp, len(payload), kind, len(body))
     out += body + header.pixel_hash + payload.astype("<u4").tobytes()
     return out + struct.pack("<I", zlib.crc32(out))
 
@@ -228,7 +232,7 @@ def test_forged_headers_with_valid_checksums_fail_cleanly(coded):
         (dict(count=2**32 - 1), "count = 4294967295 is outside"),
         (dict(height=0), "height = 0 is outside"),
         (dict(steps=60000), "steps|schedule"),
-        (dict(boot_bytes=2**31), "bootstrap"),
+        (dict(seed_words=2**31), "bootstrap"),
         (dict(tile=9), "inconsistent with its prior"),
         (dict(count=3), "corrupted|desynchronized"),
     ]:

@@ -34,9 +34,9 @@ def repack(blob: bytes, names: list[str] | None = None, **fields) -> bytes:
     header, payload = container.unpack(blob)
     values = {f: getattr(header, f) for f in container._VARINT_FIELDS} | fields
     kind, body = container._encode_names(header.names if names is None else names)
-    ramp = fields.pop("ramp", header.ramp)
+    ramp, boot = fields.pop("ramp", header.ramp), fields.pop("boot", header.boot)
     values = {f: values[f] for f in container._VARINT_FIELDS}
-    out = blob[: 4 + container.DIGEST_BYTES] + container.varint_fields(values, ramp, len(payload), kind, len(body))
+    out = blob[: 4 + container.DIGEST_BYTES] + container.varint_fields(values, boot, ramp, len(payload), kind, len(body))
     out += body + header.pixel_hash + payload.astype("<u4").tobytes()
     return out + struct.pack("<I", zlib.crc32(out))
 
@@ -97,14 +97,17 @@ def test_batch_sizes_refuse_an_empty_batch():
         (dict(grid_eighths=1), "grid_eighths = 1 is outside"),
         (dict(channels=2), "channels = 2"),
         (dict(channels=4), "channels = 4 is outside"),
-        (dict(boot_codec=3), "boot_codec = 3 is outside"),
+        (dict(boot=((3, 95),)), "bootstrap tiles"),
+        (dict(boot=()), "0 bootstrap tiles"),
+        (dict(boot=((1, 9),) * 17), "17 bootstrap tiles"),
+        (dict(boot=((1, 9),) * 7), "do not fit 6 tiles"),
         (dict(width=0), "width = 0 is outside"),
         (dict(count=2**22, height=1, width=1), "count = 4194304 is outside"),
         (dict(count=2**32, height=1, width=1), "count = 4294967296 is outside"),
         (dict(count=2**20, height=1024, width=1024), "exceed this diffcodec's limits"),  # 2^40 pixels
         (dict(count=2**19, height=1, width=1, steps=65535), "tile-steps"),
         (dict(seed_words=10**6), "seed of 1000000 words"),
-        (dict(boot_bytes=0), "bootstrap of 0 bytes"),
+        (dict(boot=((1, 0),)), "bootstrap tiles"),
         (dict(ramp=(0,)), "batch sizes"),
         (dict(ramp=(3,)), "batch sizes"),  # above max_batch = 2
         (dict(ramp=(1,) * 6), "batch sizes"),  # 6 tiles where 5 are chained
@@ -173,14 +176,14 @@ def test_name_bombs_are_refused(coded):
     header, payload = container.unpack(blob)
     bomb = zlib.compress(b"a" * 10**7, 9)  # 10 MB of names in ~10 kB
     values = {f: getattr(header, f) for f in container._VARINT_FIELDS}
-    out = blob[: 4 + container.DIGEST_BYTES] + container.varint_fields(values, header.ramp, len(payload), container.NAME_ZLIB, len(bomb))
+    out = blob[: 4 + container.DIGEST_BYTES] + container.varint_fields(values, header.boot, header.ramp, len(payload), container.NAME_ZLIB, len(bomb))
     out += bomb + header.pixel_hash + payload.astype("<u4").tobytes()
     out += struct.pack("<I", zlib.crc32(out))
     with pytest.raises(ValueError, match="unreadable image names"):
         container.unpack(out)
     template = "\0".join(["p", ".png", "0", "999999999"]).encode()
     out = blob[: 4 + container.DIGEST_BYTES]
-    out += container.varint_fields(values, header.ramp, len(payload), container.NAME_TEMPLATE, len(template))
+    out += container.varint_fields(values, header.boot, header.ramp, len(payload), container.NAME_TEMPLATE, len(template))
     out += template + header.pixel_hash + payload.astype("<u4").tobytes()
     with pytest.raises(ValueError, match="unreadable image names"):
         container.unpack(out + struct.pack("<I", zlib.crc32(out)))
@@ -218,3 +221,23 @@ def test_fuzzed_files_fail_fast_and_cleanly(coded):
         msg = decodes_cleanly(prior, mutant, images)
         outcomes[msg.split(" (")[0]] = outcomes.get(msg.split(" (")[0], 0) + 1
     assert sum(outcomes.values()) == 200 and len(outcomes) > 3, outcomes
+
+
+def test_classic_tiles_stand_in_for_initial_bits(monkeypatch):
+    """Flat images have tiny WebP files but still dip the stack: the encoder keeps the first tiles
+    classic until the seed covers the first chain's dip, and the file is smaller than with one."""
+    from diffcodec.coding import lossless
+
+    prior = make_tiny_prior()
+    prior.digest = "66" * 32
+    images = np.zeros((8, 1, 8, 8), dtype=np.uint8)
+    images[:, :, 3:5, 3:5] = np.arange(8).reshape(8, 1, 1, 1) * 30
+    names = [f"f{i}.png" for i in range(8)]
+    blob, st = compress(prior, images, names, CodecParams(steps=4, threads=1))
+    assert st.bootstrap_tiles > 1 and st.initial_bits <= 64
+    out, _, back = decompress(prior, blob)
+    assert np.array_equal(out, images) and back.bootstrap_tiles == st.bootstrap_tiles
+    monkeypatch.setattr(lossless, "MAX_BOOT_TILES", 1)
+    one, st1 = compress(prior, images, names, CodecParams(steps=4, threads=1))
+    assert st1.bootstrap_tiles == 1 and st1.initial_bits > st.initial_bits and len(one) > len(blob)
+    assert np.array_equal(decompress(prior, one)[0], images)

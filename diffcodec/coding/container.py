@@ -7,8 +7,9 @@ they must be (magic, version, digest, hashes), every count an unsigned LEB128 va
     magic b"DCL" (3) · format version 3 (1) · prior digest, first 8 bytes of its SHA-256 (8)
     varints: steps K, spacing (0 even, 1 front), grid G in eighths, torch threads, largest batch,
              images N, channels C, height H, width W, tile size (the prior's), seed words (incl. seal),
-             bootstrap codec of tile 0 (1 WebP lossless as a bare VP8L stream, 2 PNG),
-             bootstrap bytes, number R of ramp batch sizes and the R sizes (coding.lossless),
+             number B of classic (bootstrap) tiles and for each its codec (1 WebP lossless as a bare
+             VP8L stream, 2 PNG) and byte length (coding.bootstrap), number R of ramp batch sizes
+             and the R sizes (coding.lossless),
              payload words, names kind (0 template, 1 zlib list, 2 plain list), names length L
     names (L) · SHA-256 prefix of the names and the decoded pixels (8) · payload: 4·(payload words),
     the ANS stack bottom first, uint32 · CRC-32 of every byte before it (4)
@@ -28,12 +29,12 @@ file names ending in ``.png``, unique even on a case-insensitive file system
     >>> import numpy as np
     >>> h = Header(prior_digest="ab" * 32, steps=10, spacing=1, grid_eighths=24, threads=1,
     ...            max_batch=8, count=2, channels=1, height=8, width=8, tile=8, seed_words=3,
-    ...            pixel_hash=b"\\0" * 8, boot_codec=1, boot_bytes=5, names=["a-01.png", "a-02.png"])
+    ...            pixel_hash=b"\\0" * 8, boot=((1, 5),), names=["a-01.png", "a-02.png"])
     >>> words = np.arange(5, dtype=np.uint32)
     >>> blob = pack(h, words)
     >>> h2, w2 = unpack(blob)
     >>> h2 == h, bool((w2 == words).all()), len(blob) - 4 * len(words)
-    (True, True, 52)
+    (True, True, 53)
     >>> unique_output_names(["a", "a.png", "A.PNG", "b.bmp"])
     ['a-3.png', 'a.png', 'A-2.PNG', 'b.bmp.png']
 """
@@ -48,6 +49,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .bootstrap import MAX_BOOT_TILES
+
 MAGIC = b"DCL"
 VERSION = 3  # 3: names inside the content hash, every field range-checked (2 hashed the pixels alone)
 DIGEST_BYTES = 8
@@ -59,13 +62,12 @@ NAME_MAX = 255  # bytes of a file name (common file systems)
 NAME_TEMPLATE, NAME_ZLIB, NAME_PLAIN = 0, 1, 2
 _NAME_RE = re.compile(r"^(.*?)(\d+)(\D*)$")
 _VARINT_FIELDS = ("steps", "spacing", "grid_eighths", "threads", "max_batch", "count", "channels", "height",
-                  "width", "tile", "seed_words", "boot_codec", "boot_bytes")
+                  "width", "tile", "seed_words")
 # Legal range of every varint field (inclusive); the seed and bootstrap sizes are checked against the
 # payload instead. Grid G = grid_eighths/8 in 0.25..31.875 (coding.bitsback.LatentGrid needs G ≥ 0.25).
 LIMITS = {
     "steps": (1, 65535), "spacing": (0, 1), "grid_eighths": (2, 255), "threads": (1, 255), "max_batch": (1, 65535),
     "count": (1, MAX_IMAGES), "channels": (1, 3), "height": (1, 65535), "width": (1, 65535), "tile": (1, 65535),
-    "boot_codec": (1, 2),
 }
 
 
@@ -84,8 +86,7 @@ class Header:
     tile: int  # the prior's image size; images are coded as tiles of tile×tile
     seed_words: int  # words under the chains: bootstrap, pseudo-random top-up, seal
     pixel_hash: bytes  # HASH_BYTES bytes
-    boot_codec: int  # how tile 0 was coded into the seed
-    boot_bytes: int
+    boot: tuple[tuple[int, int], ...]  # (codec, byte length) of each classic tile 0..B−1 at the bottom of the seed
     names: list[str] = field(default_factory=list)
     ramp: tuple[int, ...] = ()  # sizes of the first batches; the rest are max_batch (coding.lossless.batch_sizes)
     payload_words: int = field(default=0, compare=False)  # filled in by unpack
@@ -248,17 +249,21 @@ def pack(header: Header, payload: np.ndarray) -> bytes:
         raise ValueError(f"pixel hash must be {HASH_BYTES} bytes")
     if any(not 1 <= n <= header.max_batch for n in header.ramp):
         raise ValueError(f"batch sizes must be in 1..{header.max_batch}")
+    if not 1 <= len(header.boot) <= MAX_BOOT_TILES:
+        raise ValueError(f"a file starts with 1..{MAX_BOOT_TILES} bootstrap tiles, got {len(header.boot)}")
     kind, body = _encode_names(header.names)
     values = {f: getattr(header, f) for f in _VARINT_FIELDS}
     out = MAGIC + bytes([VERSION]) + bytes.fromhex(header.prior_digest)[:DIGEST_BYTES]
-    out += varint_fields(values, header.ramp, len(payload), kind, len(body)) + body + header.pixel_hash + payload.tobytes()
+    out += varint_fields(values, header.boot, header.ramp, len(payload), kind, len(body))
+    out += body + header.pixel_hash + payload.tobytes()
     return out + struct.pack("<I", zlib.crc32(out))
 
 
-def varint_fields(values: dict, ramp, payload_words: int, names_kind: int, names_len: int) -> bytes:
-    """The varint part of the header: the _VARINT_FIELDS in order, the ramp (count, then sizes), payload
-    words, names kind and names length."""
-    fields = [values[f] for f in _VARINT_FIELDS] + [len(ramp), *ramp, payload_words, names_kind, names_len]
+def varint_fields(values: dict, boot, ramp, payload_words: int, names_kind: int, names_len: int) -> bytes:
+    """The varint part of the header: the _VARINT_FIELDS in order, the bootstrap tiles (count, then
+    codec and bytes of each), the ramp (count, then sizes), payload words, names kind and names length."""
+    fields = [values[f] for f in _VARINT_FIELDS] + [len(boot), *(x for pair in boot for x in pair)]
+    fields += [len(ramp), *ramp, payload_words, names_kind, names_len]
     return b"".join(_varint(v) for v in fields)
 
 
@@ -271,6 +276,10 @@ def unpack(blob: bytes) -> tuple[Header, np.ndarray]:
     r = _Reader(blob, 4)
     digest = r.take(DIGEST_BYTES)
     values = {f: r.varint() for f in _VARINT_FIELDS}
+    num_boot = r.varint()
+    if not 1 <= num_boot <= MAX_BOOT_TILES:
+        raise ValueError(f"compressed file is corrupted (it claims {num_boot} bootstrap tiles)")
+    boot = tuple((r.varint(), r.varint()) for _ in range(num_boot))
     num_ramp = r.varint()
     if num_ramp > len(blob) - r.pos:  # every size takes a byte at least
         raise ValueError(f"compressed file is truncated or corrupted (it claims {num_ramp} batch sizes)")
@@ -282,7 +291,7 @@ def unpack(blob: bytes) -> tuple[Header, np.ndarray]:
         raise ValueError(f"compressed file is {what} ({len(blob)} bytes, its header says {expected})")
     if struct.unpack_from("<I", blob, len(blob) - 4)[0] != zlib.crc32(blob[:-4]):
         raise ValueError("compressed file is corrupted (checksum mismatch)")
-    _check_fields(values, ramp, payload_words, kind)
+    _check_fields(values, boot, ramp, payload_words, kind)
     n = values["count"]
     names = [check_name(x) for x in _decode_names(kind, r.take(names_len), n)]
     try:
@@ -291,13 +300,13 @@ def unpack(blob: bytes) -> tuple[Header, np.ndarray]:
         raise ValueError(f"compressed file is corrupted ({err})") from None
     pixel_hash = r.take(HASH_BYTES)
     data = r.take(4 * payload_words)
-    header = Header(prior_digest=digest.hex(), **values, pixel_hash=pixel_hash, names=names, ramp=ramp,
+    header = Header(prior_digest=digest.hex(), **values, pixel_hash=pixel_hash, boot=boot, names=names, ramp=ramp,
                     payload_words=payload_words)
     return header, np.frombuffer(data, dtype="<u4").astype(np.uint32)
 
 
 
-def _check_fields(v: dict, ramp: tuple[int, ...], payload_words: int, names_kind: int) -> None:
+def _check_fields(v: dict, boot, ramp: tuple[int, ...], payload_words: int, names_kind: int) -> None:
     """Every header field within its legal range, consistent with the payload size, and the work it
     implies within this diffcodec's limits; ValueError naming the first field that is not."""
     for f, (lo, hi) in LIMITS.items():
@@ -307,15 +316,18 @@ def _check_fields(v: dict, ramp: tuple[int, ...], payload_words: int, names_kind
         raise ValueError("compressed file is corrupted (header field channels = 2; expected 1 or 3)")
     if names_kind not in (NAME_TEMPLATE, NAME_ZLIB, NAME_PLAIN):
         raise ValueError(f"compressed file is corrupted (unknown names kind {names_kind})")
-    boot_words = -(-v["boot_bytes"] // 4)
+    boot_words = sum(-(-nbytes // 4) for _, nbytes in boot)
+    if any(codec not in (1, 2) or nbytes < 1 for codec, nbytes in boot):
+        raise ValueError(f"compressed file is corrupted (bootstrap tiles {list(boot)})")
     if not 0 < boot_words < v["seed_words"] <= payload_words:
         raise ValueError(
-            f"compressed file is corrupted (bootstrap of {v['boot_bytes']} bytes, seed of {v['seed_words']} "
+            f"compressed file is corrupted (bootstrap of {boot_words} words, seed of {v['seed_words']} "
             f"words, payload of {payload_words} words)"
         )
     try:
         tiles = check_work(v["count"], v["channels"], v["height"], v["width"], v["tile"], v["steps"])
     except ValueError as err:
         raise ValueError(f"compressed file is corrupted or too large ({err})") from None
-    if any(not 1 <= n <= v["max_batch"] for n in ramp) or sum(ramp) > tiles - 1:
-        raise ValueError(f"compressed file is corrupted (batch sizes {list(ramp[:8])}… do not fit {tiles} tiles)")
+    if len(boot) > tiles or any(not 1 <= n <= v["max_batch"] for n in ramp) or sum(ramp) > tiles - len(boot):
+        raise ValueError(f"compressed file is corrupted ({len(boot)} bootstrap tiles and batch sizes "
+                         f"{list(ramp[:8])}… do not fit {tiles} tiles)")

@@ -1,16 +1,16 @@
 """Lossless compression of image sets with a diffusion prior: tiles → batches → bits-back → file.
 
-Stack order of a file: the seed at the bottom is tile 0 coded by a cheap classic codec (WebP lossless
-as a bare VP8L stream whose 20-byte RIFF wrapper the decoder rebuilds, or PNG if smaller:
-"bootstrapping"), topped up from below with pseudo-random words when the first pops need more;
-then the encoder pushes batch 1, batch 2, … of the remaining tiles, each batch one Bit-Swap chain
-(coding.bitsback); the decoder pops the last batch first and finally finds tile 0's
-classic file as the seed. Batch sizes grow from one tile as fast as the bits on the stack allow
-(:func:`next_batch_size`, measured by the encoder on the data at hand, recorded in the header up to
-the first run of ``max_batch``): each batch mostly pops bits that earlier batches pushed, so the
-initial bits (paid once per file) are about one tile's dip whatever the data, and a file of one
-tile is the classic stream plus the header (about 48 bytes). Random seed words that no pop reached
-are trimmed from the bottom before writing.
+Stack order of a file: the seed at the bottom is tiles 0..B−1 coded by a cheap classic codec
+(coding.bootstrap: WebP lossless or PNG; B ≥ 1, as many as pay for themselves, :func:`_start`),
+topped up from below with pseudo-random words when the first pops need more; then the encoder
+pushes batch 1, batch 2, … of the remaining tiles, each batch one Bit-Swap chain (coding.bitsback);
+the decoder pops the last batch first and finally finds the classic files as the seed. Batch sizes
+grow from one tile as fast as the bits on the stack allow (:func:`next_batch_size`, measured by the
+encoder on the data at hand, recorded in the header up to the first run of ``max_batch``): each
+batch mostly pops bits that earlier batches pushed, so the initial bits (paid once per file) are at
+most about one tile's dip whatever the data, and a file of one tile is the classic stream plus the
+header (about 50 bytes). Random seed words that no pop reached are trimmed from the bottom before
+writing.
 
 Determinism: encoder and decoder evaluate the network on identical batches (same tiles, same order),
 with the torch thread count pinned to the value recorded in the file (CPU kernels give thread-count
@@ -40,14 +40,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import math
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
 from ..defaults import CODEC_SPACING, CODEC_STEPS, DEFAULT_GRID, DEFAULT_MAX_BATCH
@@ -56,6 +54,7 @@ from ..prior import Prior
 from ..schedule import Spacing
 from .ans import MARGIN_WORDS, WORD_BITS, Stack
 from .bitsback import LatentGrid, decode_batch, encode_batch
+from .bootstrap import BOOT_NAMES, MAX_BOOT_TILES, classic_tile, seed_words, unseed
 from .container import MAX_IMAGES, Header, check_work, pack, unique_output_names, unpack
 
 RAMP_SAFETY = 1.25  # a new batch may dip this much deeper per tile than the deepest batch so far
@@ -89,10 +88,11 @@ class CodecParams:
 class CodecStats:
     """What a compress or decompress call did. Bits are whole-file figures, not per image.
 
-    file = header + payload, payload = seed + chain: the seed holds tile 0's classic file (the
-    bootstrap, padded to whole words) and the initial bits (pseudo-random words that the first pops
-    needed, plus the seal word); the chain is everything the Bit-Swap chains of tiles 1..n−1 added
-    on top, to be compared with their VLB. Header and initial bits are the fixed costs of a file.
+    file = header + payload, payload = seed + chain: the seed holds the classic files of tiles
+    0..B−1 (the bootstrap, padded to whole words) and the initial bits (pseudo-random words that the
+    first pops needed, plus the seal word); the chain is everything the Bit-Swap chains of tiles
+    B..n−1 added on top, to be compared with their VLB. Header and initial bits are the fixed costs
+    of a file.
     """
 
     num_images: int
@@ -102,16 +102,17 @@ class CodecStats:
     header_bits: int
     payload_bits: int  # the ANS stack, initial bits included
     initial_bits: int  # pseudo-random seed words kept under the bootstrap tile, plus the seal word
-    bootstrap_bits: int  # tile 0's classic file at the bottom of the seed (real information, not overhead)
-    seed_bits: int  # the whole seed: bootstrap padded to words + initial bits
-    bootstrap_codec: str  # "WebP lossless" or "PNG"
+    bootstrap_bits: int  # the classic files of tiles 0..B−1 at the bottom of the seed (real information)
+    bootstrap_tiles: int  # B ≥ 1
+    seed_bits: int  # the whole seed: classic files padded to words + initial bits
+    bootstrap_codec: str  # "WebP lossless", "PNG" or both
     seconds: float
     network_seconds: float  # inside the prior (network and its float64 head)
     names: list[str]  # the images' names as stored in the file (made unique by compress)
 
     @property
     def chain_bits(self) -> int:
-        """Bits the chain of tiles 1..n−1 added above the seed (0 for a one-tile file)."""
+        """Bits the chains of tiles B..n−1 added above the seed (0 when every tile is classic)."""
         return self.payload_bits - self.seed_bits
 
     @property
@@ -220,62 +221,6 @@ class _Network:
         return out
 
 
-BOOT_WEBP, BOOT_PNG = 1, 2  # bootstrap codecs of tile 0: WebP lossless (a bare VP8L stream), PNG
-BOOT_NAMES = {BOOT_WEBP: "WebP lossless", BOOT_PNG: "PNG"}
-
-
-def _classic(tile: np.ndarray, codec: int) -> bytes:
-    """Tile [C, t, t] → bytes of ``codec``; for WebP only the VP8L stream, without the 20-byte RIFF wrapper."""
-    arr = tile[0] if tile.shape[0] == 1 else tile.transpose(1, 2, 0)
-    buf = io.BytesIO()
-    if codec == BOOT_WEBP:
-        Image.fromarray(arr).save(buf, format="WEBP", lossless=True, quality=100, method=6)
-        data = buf.getvalue()
-        if data[:4] != b"RIFF" or data[8:16] != b"WEBPVP8L":  # an extended file (VP8X): not expected here
-            raise KeyError("WebP encoder wrote an extended file")
-        return data[20 : 20 + int.from_bytes(data[16:20], "little")]
-    Image.fromarray(arr).save(buf, format="PNG", optimize=True)
-    return buf.getvalue()
-
-
-def _webp_file(vp8l: bytes) -> bytes:
-    """The simple-format WebP file around a VP8L stream (RIFF chunks are padded to even sizes)."""
-    chunk = b"VP8L" + len(vp8l).to_bytes(4, "little") + vp8l + b"\0" * (len(vp8l) % 2)
-    return b"RIFF" + (4 + len(chunk)).to_bytes(4, "little") + b"WEBP" + chunk
-
-
-def _unclassic(data: bytes, codec: int, shape: tuple[int, int, int]) -> np.ndarray:
-    """Decode a bootstrap tile; ValueError on anything but a [C, t, t] uint8 image."""
-    try:
-        with Image.open(io.BytesIO(_webp_file(data) if codec == BOOT_WEBP else data)) as im:
-            arr = np.asarray(im.convert("L" if shape[0] == 1 else "RGB"), dtype=np.uint8)
-    except (OSError, ValueError):
-        raise ValueError("decoding desynchronized (the bootstrap tile is unreadable); no images written") from None
-    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    if arr.shape != shape:
-        raise ValueError("decoding desynchronized (the bootstrap tile has the wrong shape); no images written")
-    return arr
-
-
-def bootstrap(tile: np.ndarray) -> tuple[int, bytes]:
-    """Tile 0 as the smallest exact classic file: (codec id, bytes)."""
-    best = None
-    for codec in (BOOT_WEBP, BOOT_PNG):
-        try:
-            data = _classic(tile, codec)
-        except (OSError, KeyError):  # a Pillow build without WebP
-            continue
-        if np.array_equal(_unclassic(data, codec, tile.shape), tile) and (best is None or len(data) < len(best[1])):
-            best = (codec, data)
-    if best is None:
-        raise ValueError("no exact classic codec available for the bootstrap tile")
-    return best
-
-
-def _as_words(data: bytes) -> np.ndarray:
-    return np.frombuffer(data + b"\0" * (-len(data) % 4), dtype="<u4").astype(np.uint32)
-
-
 def _check_images(prior: Prior, images) -> np.ndarray:
     images = np.asarray(as_pixels(images).numpy())
     c = prior.image_shape[0]
@@ -305,12 +250,11 @@ def compress(prior: Prior, images, names: list[str], params: CodecParams = Codec
     schedule = prior.schedule(params.steps, params.spacing)
     grid = LatentGrid.build(schedule, params.grid)
     tiles = to_tiles(images, prior.image_shape[1])
-    boot_codec, boot = bootstrap(tiles[0])
-    stack = Stack.over(_as_words(boot))
     with pinned_threads(params.threads), tqdm(total=(len(tiles) - 1) * params.steps, desc="compress",
                                               unit="tile-step", disable=not progress, leave=False) as bar:
         net = _Network(prior, schedule, bar)
-        sizes, start, dip = [], 1, None
+        boots, stack, sizes, dip = _start(tiles, grid, net)
+        start = len(boots) + sum(sizes)
         while start < len(tiles):
             n = next_batch_size(stack.level_bits(), dip, len(tiles) - start, params.max_batch)
             level = stack.mark_low_water()
@@ -319,6 +263,7 @@ def compress(prior: Prior, images, names: list[str], params: CodecParams = Codec
             sizes.append(n)
             start += n
     trim = min(stack.untouched_bottom_words(), stack.prepended_words)  # never the bootstrap words
+    boot_bits = WORD_BITS * len(seed_words(boots))
     payload = stack.words()[trim:]
     seed = stack.seed[trim:]
     n, c, h, w = images.shape
@@ -326,18 +271,46 @@ def compress(prior: Prior, images, names: list[str], params: CodecParams = Codec
         prior_digest=prior.digest, steps=params.steps, spacing=_SPACINGS.index(params.spacing),
         grid_eighths=round(params.grid * 8), threads=params.threads, max_batch=params.max_batch, count=n,
         channels=c, height=h, width=w, tile=prior.image_shape[1], seed_words=len(seed) + 1,
-        pixel_hash=content_hash(images, names), boot_codec=boot_codec, boot_bytes=len(boot), names=names,
+        pixel_hash=content_hash(images, names), boot=tuple((codec, len(data)) for codec, data in boots), names=names,
         ramp=ramp_of(sizes, params.max_batch),
     )
     blob = pack(header, payload)
     stats = CodecStats(
         num_images=n, num_tiles=len(tiles), dims_per_image=c * h * w, file_bits=8 * len(blob),
         header_bits=8 * (len(blob) - 4 * len(payload)), payload_bits=WORD_BITS * len(payload),
-        initial_bits=WORD_BITS * (header.seed_words - len(_as_words(boot))), bootstrap_bits=8 * len(boot),
-        seed_bits=WORD_BITS * header.seed_words, bootstrap_codec=BOOT_NAMES[boot_codec],
+        initial_bits=WORD_BITS * header.seed_words - boot_bits, bootstrap_bits=8 * sum(len(d) for _, d in boots),
+        bootstrap_tiles=len(boots), seed_bits=WORD_BITS * header.seed_words,
+        bootstrap_codec="/".join(sorted({BOOT_NAMES[codec] for codec, _ in boots})),
         seconds=time.perf_counter() - t0, network_seconds=net.seconds, names=names,
     )
     return blob, stats
+
+
+def _start(tiles: np.ndarray, grid: LatentGrid, net) -> tuple[list[tuple[int, bytes]], Stack, list[int], float | None]:
+    """Choose the classic tiles that seed the stack and code the first chained tile: (classic files,
+    stack, batch sizes so far, dip per tile so far).
+
+    Tile 0 is always classic. Then tile b is chained alone on a stack seeded with tiles 0..b−1 (a
+    trial): if its dip went below the seed (initial bits) by more than coding it classically would
+    cost in excess of its chain bits, it joins the seed instead and tile b+1 is tried
+    (coding.bootstrap); otherwise the trial is the first batch. Every further classic tile thus
+    replaces more initial bits than its own excess.
+    """
+    boots = [classic_tile(tiles[0])]
+    while True:
+        stack = Stack.over(seed_words(boots))
+        b = len(boots)
+        if b == len(tiles):
+            return boots, stack, [], None
+        level = stack.mark_low_water()
+        encode_batch(stack, grid, net, tiles[b : b + 1])
+        deficit = max(0, -stack.low_water_bits)
+        candidate = classic_tile(tiles[b])
+        excess = 8 * len(candidate[1]) - (stack.level_bits() - level)  # classic bits beyond the chain's
+        if b < MAX_BOOT_TILES and deficit > max(0, excess):
+            boots.append(candidate)
+            continue
+        return boots, stack, [1], float(level - stack.low_water_bits)
 
 
 def read_header(blob: bytes) -> Header:
@@ -362,11 +335,12 @@ def decompress(prior: Prior, blob: bytes, progress: bool = False):
     schedule = prior.schedule(header.steps, _SPACINGS[header.spacing])
     grid = LatentGrid.build(schedule, header.grid_eighths / 8)
     num_tiles = check_work(header.count, c, header.height, header.width, size, header.steps)
-    boot_words = -(-header.boot_bytes // 4)
-    sizes = batch_sizes(num_tiles - 1, header.max_batch, header.ramp)
+    num_boot = len(header.boot)
+    boot_words = sum(-(-nbytes // 4) for _, nbytes in header.boot)
+    sizes = batch_sizes(num_tiles - num_boot, header.max_batch, header.ramp)
     tiles = np.empty((num_tiles, c, size, size), dtype=np.uint8)
     stack = Stack.from_words(payload)
-    with pinned_threads(header.threads), tqdm(total=(num_tiles - 1) * header.steps, desc="decompress",
+    with pinned_threads(header.threads), tqdm(total=(num_tiles - num_boot) * header.steps, desc="decompress",
                                               unit="tile-step", disable=not progress, leave=False) as bar:
         net = _Network(prior, schedule, bar)
         end = num_tiles
@@ -376,16 +350,16 @@ def decompress(prior: Prior, blob: bytes, progress: bool = False):
     seed = stack.words(unseal=True)
     if len(seed) + 1 != header.seed_words:
         raise ValueError("decoding desynchronized (the seed did not come back); no images written")
-    boot = seed[len(seed) - boot_words :].astype("<u4").tobytes()[: header.boot_bytes]
-    tiles[0] = _unclassic(boot, header.boot_codec, (c, size, size))
+    tiles[:num_boot] = unseed(seed[len(seed) - boot_words :], list(header.boot), (c, size, size))
     images = from_tiles(tiles, header.count, header.height, header.width)
     if content_hash(images, header.names) != header.pixel_hash:
         raise ValueError("decoding desynchronized or names altered (decoded pixels and names fail their checksum); no images written")
     stats = CodecStats(
         num_images=header.count, num_tiles=num_tiles, dims_per_image=c * header.height * header.width,
         file_bits=8 * len(blob), header_bits=8 * (len(blob) - 4 * len(payload)), payload_bits=WORD_BITS * len(payload),
-        initial_bits=WORD_BITS * (header.seed_words - boot_words), bootstrap_bits=8 * header.boot_bytes,
-        seed_bits=WORD_BITS * header.seed_words, bootstrap_codec=BOOT_NAMES[header.boot_codec],
+        initial_bits=WORD_BITS * (header.seed_words - boot_words), bootstrap_bits=8 * sum(n for _, n in header.boot),
+        bootstrap_tiles=num_boot, seed_bits=WORD_BITS * header.seed_words,
+        bootstrap_codec="/".join(sorted({BOOT_NAMES[codec] for codec, _ in header.boot})),
         seconds=time.perf_counter() - t0, network_seconds=net.seconds, names=header.names,
     )
     return images, header.names, stats
