@@ -112,7 +112,7 @@ def _report(rec: dict, dims: int) -> None:
     kind = "lossless" if rec["lossless"] else f"lossy, stopped after {last['n']} of {rec['total_steps']} steps"
     click.echo(f"wrote {rec['out']}: {rec['file_bytes']:,} bytes, {rec['bits_per_dim']:.3f} bits/dim ({kind}; "
                f"{rec['seconds']:.1f} s, network {rec['network_seconds']:.1f} s)")
-    click.echo("   step      t   prefix bytes   bits/dim   KL bits/dim    PSNR dB")
+    click.echo("   step      t     file bytes   bits/dim   KL bits/dim    PSNR dB")
     pick = sorted(set(round(i) for i in _spread(len(steps), _TABLE_ROWS)))
     for i in pick:
         s = steps[i]
