@@ -40,6 +40,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from .provenance import RESULTS
+
 PSNR_EXACT = 100.0  # dB counted for an exactly decoded image (documented on plots and in JSON)
 TARGETS_DB = (30.0, 35.0, 40.0)
 SPEC_BPD_AT_PSNR = {  # SPEC §6, measured earlier on the Fashion-MNIST test set (30 / 35 / 40 dB)
@@ -164,15 +166,20 @@ def encode_decode(codec: LossyCodec, arr: np.ndarray, param) -> Encoded:
     return Encoded(data, back, mse(arr, back))
 
 
-def sweep_point(codec: LossyCodec, images: np.ndarray, param) -> dict:
-    """One setting on every image ([N, C, H, W] uint8), one file each, every file decoded."""
+def measure(codec: LossyCodec, images: np.ndarray, param) -> tuple[np.ndarray, np.ndarray]:
+    """One setting on every image ([N, C, H, W] uint8), one file each, every file decoded:
+    ([N] int64 bytes, [N] float64 MSE on the 0–255 scale)."""
     sizes, mses = [], []
     for image in images:
         enc = encode_decode(codec, as_hwc(image), param)
         sizes.append(len(enc.data))
         mses.append(enc.mse)
-    sizes, mses = np.asarray(sizes, dtype=np.float64), np.asarray(mses)
-    dims = images[0].size
+    return np.asarray(sizes, dtype=np.int64), np.asarray(mses, dtype=np.float64)
+
+
+def summarize(param, sizes: np.ndarray, mses: np.ndarray, dims: int) -> dict:
+    """A sweep point from per-image bytes and MSE (see the module docstring for the means)."""
+    sizes = np.asarray(sizes, dtype=np.float64)
     return {
         "param": param,
         "bits_per_dim": float(8 * sizes.mean() / dims),
@@ -184,6 +191,10 @@ def sweep_point(codec: LossyCodec, images: np.ndarray, param) -> dict:
         "bytes_max": int(sizes.max()),
         "exact_images": int((mses == 0).sum()),
     }
+
+
+def sweep_point(codec: LossyCodec, images: np.ndarray, param) -> dict:
+    return summarize(param, *measure(codec, images, param), images[0].size)
 
 
 def rd_front(bits_per_dim, psnr_db) -> tuple[np.ndarray, np.ndarray]:
@@ -218,14 +229,25 @@ def front_points(points: list[dict]) -> list[dict]:
     return [q for q in usable if q["bits_per_dim"] in on]
 
 
-def sweep(codec: LossyCodec, images: np.ndarray, params=None, log=None) -> dict:
-    t0 = time.time()
-    params = codec.sweep if params is None else params
-    points = [sweep_point(codec, images, p) for p in params]
+@dataclass
+class PerImage:
+    """Per-image results of one codec's sweep: what subsets of the images are recomputed from."""
+
+    params: list
+    bytes: np.ndarray  # [S, N] int64
+    mse: np.ndarray  # [S, N] float64, 0–255 scale
+
+    def points(self, dims: int, indices=None) -> list[dict]:
+        idx = slice(None) if indices is None else np.asarray(indices)
+        return [summarize(p, b[idx], m[idx], dims) for p, b, m in zip(self.params, self.bytes, self.mse)]
+
+
+def codec_summary(codec: LossyCodec, points: list[dict]) -> dict:
+    """The JSON record of one codec: its points, RD front and bits/dim at the target PSNRs."""
     front = front_points(points)
     rate = [q["bits_per_dim"] for q in front]
     quality = [q["psnr"] for q in front]
-    out = {
+    return {
         "name": codec.name,
         "library": codec.library,
         "settings": codec.settings,
@@ -233,12 +255,20 @@ def sweep(codec: LossyCodec, images: np.ndarray, params=None, log=None) -> dict:
         "points": points,
         "front_params": [q["param"] for q in front],
         "bits_per_dim_at_psnr": {f"{t:g}": rate_at_psnr(rate, quality, t) for t in TARGETS_DB},
-        "seconds": time.time() - t0,
     }
+
+
+def sweep(codec: LossyCodec, images: np.ndarray, params=None, log=None) -> tuple[dict, PerImage]:
+    t0 = time.time()
+    params = list(codec.sweep if params is None else params)
+    measured = [measure(codec, images, p) for p in params]
+    per_image = PerImage(params, np.stack([b for b, _ in measured]), np.stack([m for _, m in measured]))
+    out = codec_summary(codec, per_image.points(images[0].size))
+    out["seconds"] = time.time() - t0
     if log:
         at = ", ".join(f"{k} dB {v:.2f}" if v is not None else f"{k} dB -" for k, v in out["bits_per_dim_at_psnr"].items())
         log(f"  {codec.name}: {len(params)} settings x {len(images)} images in {out['seconds']:.0f} s; bits/dim at {at}")
-    return out
+    return out, per_image
 
 
 def smallest_file_bits_per_dim(codec: LossyCodec, shape: tuple[int, int, int]) -> float:
@@ -333,8 +363,11 @@ def stage(ctx) -> dict:
     missing = [c.name for c in LOSSY if not c.available()]
     if missing:
         ctx.log(f"  not available here (pip install -e '.[bench]'): {', '.join(missing)}")
-    codecs = {c.key: sweep(c, images, c.quick_sweep() if ctx.quick else c.sweep, log=ctx.log) for c in LOSSY if c.available()}
+    swept = {c.key: sweep(c, images, c.quick_sweep() if ctx.quick else c.sweep, log=ctx.log) for c in LOSSY if c.available()}
+    codecs = {k: v[0] for k, v in swept.items()}
+    save_per_image(ctx.out / PER_IMAGE_NPZ, {k: v[1] for k, v in swept.items()}, ctx.data)
     body = {
+        "per_image": f"{PER_IMAGE_NPZ}: bytes and MSE of every image at every setting (subsets of the images are summarized from it)",
         "unavailable": missing,
         "num_images": len(images),
         "image_shape": list(images.shape[1:]),
@@ -350,6 +383,46 @@ def stage(ctx) -> dict:
     }
     plot(body, ctx.png("classic_lossy"), ctx.data)
     return ctx.write("classic_lossy", body)
+
+
+PER_IMAGE_NPZ = "classic_lossy_images.npz"
+
+
+def save_per_image(path, per_image: dict[str, PerImage], data: str) -> None:
+    arrays = {"data": np.str_(data)}
+    for key, p in per_image.items():
+        arrays.update({f"{key}_params": np.asarray(p.params, dtype=np.float64), f"{key}_bytes": p.bytes.astype(np.int32), f"{key}_mse": p.mse.astype(np.float32)})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **arrays)
+
+
+def load_per_image(folder, data: str, num_images: int) -> dict[str, PerImage] | None:
+    """The per-image sweep of ``data``'s first ``num_images`` images in ``folder``, or None.
+
+    Stored as float32 MSE (relative error 6e-8: far below anything a figure shows)."""
+    path = folder / PER_IMAGE_NPZ
+    if not path.exists():
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        if str(z["data"]) != data:
+            return None
+        out = {}
+        for codec in LOSSY:
+            if f"{codec.key}_bytes" in z and z[f"{codec.key}_bytes"].shape[1] == num_images:
+                params = [type(codec.sweep[0])(p) for p in z[f"{codec.key}_params"]]
+                out[codec.key] = PerImage(params, z[f"{codec.key}_bytes"].astype(np.int64), z[f"{codec.key}_mse"].astype(np.float64))
+    return out or None
+
+
+def subset_codecs(ctx, indices) -> dict | None:
+    """``codecs`` records (as in classic_lossy.json) over the images ``indices`` of ctx's images,
+    from the per-image sweep; None when it is not available for these images."""
+    for folder in dict.fromkeys([ctx.out, RESULTS]):
+        per_image = load_per_image(folder, ctx.data, ctx.num)
+        if per_image is not None:
+            dims = int(np.prod(ctx.images.shape[1:]))
+            return {k: codec_summary(LOSSY_BY_KEY[k], p.points(dims, indices)) for k, p in per_image.items()}
+    return None
 
 
 def load_or_run(ctx) -> dict:

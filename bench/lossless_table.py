@@ -153,7 +153,8 @@ def table_rows(rows: dict) -> list[dict]:
         {"label": f"diffcodec VLB, full schedule ({v['steps']} steps, {v['estimator']})", "per_image": None, "whole_set": v["bits_per_dim"]},
         {"label": f"diffcodec VLB, codec chain ({s['steps']} steps)", "per_image": None, "whole_set": s["bits_per_dim"]},
         {"label": f"diffcodec compress, bits-back ({c['num_images']} images chained; one image per file)", "per_image": one["bits_per_dim"], "whole_set": c["bits_per_dim"]},
-        {"label": "diffcodec encode, progressive lossless (one image per file)", "per_image": prog["bits_per_dim"] if prog else None, "whole_set": None},
+        {"label": "diffcodec encode, progressive lossless (one image per file" + (f", {prog['num_images']} images)" if prog else ")"),
+         "per_image": prog["bits_per_dim"] if prog else None, "whole_set": None},
     ]
     out += [{"label": r["label"], "per_image": r["one_file_per_image"], "whole_set": r["whole_set_one_file"]} for r in rows["classic"].values()]
     return out

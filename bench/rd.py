@@ -32,9 +32,14 @@ is the mean over images of point k)::
 
 ``bytes`` is the prefix length read (header included), ``bits_per_dim`` = 8·bytes/D, ``psnr`` and
 ``rmse`` of that prefix's reconstruction against the original (0–255 scale; ``psnr`` null for an
-exact decode: such points are left out of the curve), ``step`` optional. ``images`` may also be a
-plain list of point lists. From Python, :func:`progressive_curve` turns the same per-image points
-into a :class:`Curve`, and ``stage(ctx, extra=[curve])`` adds it without a file.
+exact decode: such points are left out of the curve). ``step`` (optional) is the number n of
+reverse steps the prefix carries, 0 … K; with K + 1 points per image the per-step panels plot point
+n at the chain's timestep S_{K−n} (0 for n = K). ``index`` is the image's position in the data:
+when the file covers only some of the run's images, its BD-rates are computed against the classic
+codecs on exactly those images (from ``classic_lossy_images.npz``). ``images`` may also be a plain
+list of point lists (the first images, in order). From Python, :func:`progressive_curve` turns the
+same per-image points into a :class:`Curve`, and ``stage(ctx, extra=[curve])`` adds it without a
+file.
 """
 
 from __future__ import annotations
@@ -81,13 +86,14 @@ def _point(p) -> tuple[float, float, float]:
     return float(bpd), (np.inf if q is None else float(q)), float(rest[0]) if rest else np.nan
 
 
-def progressive_curve(points_per_image: list, label: str = ENCODE, steps: list | None = None) -> Curve:
+def progressive_curve(points_per_image: list, label: str = ENCODE, steps: list | None = None, indices: list | None = None) -> Curve:
     """The mean curve of per-image progressive points.
 
     points_per_image: one list per image of points, each a dict {"bits_per_dim", "psnr", "rmse"?}
     (the progressive.json schema) or a tuple (bits_per_dim, psnr[, rmse]); point k of every image
     belongs to the same prefix/step. Points where any image decodes exactly (psnr None or inf) are
-    dropped (infinite PSNR has no mean).
+    dropped (infinite PSNR has no mean). ``steps``: the timestep of each point (for the per-step
+    panels); ``indices``: each image's position in the data (default 0, 1, …).
     """
     if not points_per_image:
         raise ValueError("progressive curve: no images")
@@ -98,8 +104,10 @@ def progressive_curve(points_per_image: list, label: str = ENCODE, steps: list |
     finite = np.isfinite(arr[:, :, 1]).all(axis=0)
     rmse = np.sqrt(np.mean(arr[:, :, 2] ** 2, axis=0))
     t = None if steps is None else np.asarray(steps)[finite]
+    n = len(points_per_image)
+    indices = list(range(n)) if indices is None else [int(i) for i in indices]
     return Curve(label, "real", arr[:, finite, 0].mean(0), arr[:, finite, 1].mean(0), rmse[finite], t=t,
-                 note=f"real files (header included), mean over {len(points_per_image)} images", extra={"num_images": len(points_per_image)})
+                 note=f"real files (header included), mean over {n} images", extra={"num_images": n, "indices": indices})
 
 
 def load_progressive(ctx) -> Curve | None:
@@ -116,11 +124,22 @@ def load_progressive(ctx) -> Curve | None:
             continue
         images = found["images"]
         lists = [im["points"] if isinstance(im, dict) else im for im in images]
-        first = lists[0] if lists else []
-        steps = [p.get("step") for p in first] if first and isinstance(first[0], dict) and all("step" in p for p in first) else None
+        indices = [im.get("index", i) if isinstance(im, dict) else i for i, im in enumerate(images)]
         ctx.log(f"adding {folder / PROGRESSIVE_JSON}: {len(lists)} images")
-        return progressive_curve(lists, found.get("label", ENCODE), steps)
+        return progressive_curve(lists, found.get("label", ENCODE), _timesteps(ctx, lists), indices)
     return None
+
+
+def _timesteps(ctx, lists: list) -> list | None:
+    """Timestep of each point when every point carries ``step`` n and there are K + 1 of them."""
+    first = lists[0] if lists else []
+    if not first or not all(isinstance(p, dict) and p.get("step") is not None for p in first):
+        return None
+    K = ctx.chain_steps
+    if len(first) != K + 1:
+        return None
+    S = np.concatenate([[0], ctx.prior.schedule(K, ctx.spacing).timesteps])  # S_0 = 0: x_0 itself
+    return [int(S[K - int(p["step"])]) for p in first]
 
 
 def ideal_curve(body: dict) -> Curve:
@@ -146,10 +165,31 @@ def classic_curves(body: dict) -> list[Curve]:
     return out
 
 
-def bd_table(curves: list[Curve]) -> dict:
-    """{diffcodec curve label: {classic label: bdrate.compare(classic, diffcodec)}}."""
+def anchors_for(ctx, curve: Curve, anchors: list[Curve]) -> tuple[list[Curve], int]:
+    """The classic curves to compare ``curve`` with: on its own images when it covers only some of
+    ctx's (its ``extra['indices']``), else ``anchors``; and the number of images they cover."""
+    indices = curve.extra.get("indices")
+    if indices is None or list(indices) == list(range(ctx.num)):
+        return anchors, ctx.num
+    if max(indices) < ctx.num:
+        sub = classic.subset_codecs(ctx, indices)
+        if sub is not None:
+            return classic_curves({"codecs": sub}), len(indices)
+    ctx.log(f"  {curve.label}: its images are not all among the run's {ctx.num}; BD-rates against all {ctx.num}")
+    return anchors, ctx.num
+
+
+def bd_table(curves: list[Curve], ctx=None) -> dict:
+    """{diffcodec curve label: {classic label: bdrate.compare(classic, diffcodec), …, "images": n}}."""
     anchors = [c for c in curves if c.kind == "classic"]
-    return {c.label: {a.label: bdrate.compare(a.rd(), c.rd()) for a in anchors} for c in curves if c.kind != "classic"}
+    table = {}
+    for c in curves:
+        if c.kind == "classic":
+            continue
+        own, n = anchors_for(ctx, c, anchors) if ctx is not None else (anchors, None)
+        table[c.label] = {a.label: bdrate.compare(a.rd(), c.rd()) for a in own}
+        table[c.label]["images"] = n
+    return table
 
 
 def stage(ctx, extra: list[Curve] | None = None) -> dict:
@@ -159,9 +199,10 @@ def stage(ctx, extra: list[Curve] | None = None) -> dict:
     curves = classic_curves(classic_body) + [ideal_curve(ideal_body)]
     real = load_progressive(ctx)
     curves += ([real] if real is not None else []) + list(extra or [])
-    table = bd_table(curves)
+    table = bd_table(curves, ctx)
     for label, row in table.items():
-        ctx.log(f"  BD-rate of {label}: " + ", ".join(f"{k} {v['bd_rate_percent']:+.1f} %" for k, v in row.items() if v["bd_rate_percent"] is not None))
+        ctx.log(f"  BD-rate of {label} on {row['images']} images: "
+                + ", ".join(f"{k} {v['bd_rate_percent']:+.1f} %" for k, v in row.items() if k != "images" and v["bd_rate_percent"] is not None))
     body = {
         "num_images": ctx.num,
         "steps": ctx.chain_steps,
@@ -169,7 +210,8 @@ def stage(ctx, extra: list[Curve] | None = None) -> dict:
         "psnr": classic.PSNR_NOTE,
         "rmse": "pooled RMSE sqrt(mean MSE over all pixels of all images), 0-255 scale (DDPM Figure 5 / Table 4)",
         "bd_rate": "Bjontegaard delta rate (%) of each diffcodec curve (test) against each classic codec (anchor), "
-        "log-rate vs mean PSNR, Akima interpolation (bjontegaard package), over the overlapping PSNR range; negative = fewer bits",
+        "log-rate vs mean PSNR, Akima interpolation (bjontegaard package), over the overlapping PSNR range; negative = fewer bits; "
+        "'images': how many images both sides cover (a curve made on fewer images is compared with the classic codecs on those images)",
         "bd_rates": table,
         "classic_bits_per_dim_at_psnr": {c["name"]: c["bits_per_dim_at_psnr"] for c in classic_body["codecs"].values()},
         "diffcodec_bits_per_dim_at_psnr": {c.label: {f"{t:g}": classic.rate_at_psnr(*c.rd(), t) for t in classic.TARGETS_DB}

@@ -10,8 +10,13 @@ from .plotting import pyplot, style
 def _footnote(ctx, curves) -> str:
     ideal = next((c for c in curves if c.kind == "ideal"), None)
     steps = f", {len(ideal.t)}-step chain" if ideal is not None and ideal.t is not None else ""
-    return (f"{ctx.num} {ctx.data} images{steps}. PSNR: mean of per-image PSNR (0-255). Classic codecs: one file per "
+    text = (f"{ctx.num} {ctx.data} images{steps}. PSNR: mean of per-image PSNR (0-255). Classic codecs: one file per "
             "image, header included, decoded and measured. Ideal: cumulative KL (no header), x̂0 from x_t ~ q.")
+    for c in curves:
+        n = c.extra.get("num_images")
+        if c.kind == "real" and n is not None and n != ctx.num:
+            text += f"\n{c.label}: real files (header included) of {n} of the images; its BD-rates compare the classic codecs on the same {n}."
+    return text
 
 
 def plot_rd(curves, table: dict, path, ctx) -> None:
@@ -38,8 +43,10 @@ def plot_rd(curves, table: dict, path, ctx) -> None:
     axes[0].legend(loc="upper left", fontsize=8)
     lines = []
     for label, row in table.items():
-        lines.append(f"BD-rate of {label}:")
+        lines.append(f"BD-rate of {label} ({row['images']} images):")
         for anchor, v in row.items():
+            if anchor == "images":
+                continue
             if v["bd_rate_percent"] is None:
                 lines.append(f"  vs {anchor:8s} no overlap")
             else:
@@ -49,7 +56,7 @@ def plot_rd(curves, table: dict, path, ctx) -> None:
                  bbox={"fc": "white", "ec": "#ccc"})
     fig.suptitle("diffcodec vs classic codecs, " + ctx.data)
     fig.text(0.5, 0.01, _footnote(ctx, curves), ha="center", fontsize=8)
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -86,6 +93,6 @@ def plot_panels(curves, path, ctx) -> None:
     ax[0, 2].legend(fontsize=8)
     fig.suptitle("Rate–distortion per step (DDPM Figure 5 panels), with classic codecs on the distortion-vs-rate panels")
     fig.text(0.5, 0.01, _footnote(ctx, curves), ha="center", fontsize=8)
-    fig.tight_layout(rect=(0, 0.03, 1, 0.97))
+    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -48,7 +48,12 @@ class StripTile:
 
     def measured(self, original: np.ndarray) -> "StripTile":
         px = self.pixels.reshape(original.shape)
-        return StripTile(int(self.bytes), px, classic.psnr(classic.mse(original, px)), self.note)
+        mse = classic.mse(original, px)
+        return StripTile(int(self.bytes), px, classic.psnr(mse), self.note + (", exact" if mse == 0 else ""))
+
+    def label(self) -> str:
+        quality = "exact" if "exact" in self.note else f"{self.psnr:.1f} dB"
+        return f"{self.bytes} B, {quality}" + ("\n(smallest file)" if "smallest" in self.note else "")
 
 
 def classic_row(codec: classic.LossyCodec, original: np.ndarray, targets: list[int], params) -> list[StripTile]:
@@ -135,11 +140,12 @@ def stage(ctx, tiles: list[StripTile] | None = None, index: int | None = None) -
         "index": index,
         "diffcodec_source": source,
         "num_dims": int(original.size),
-        "rows": {k: [{"bytes": t.bytes, "psnr": t.psnr, "note": t.note} for t in v] for k, v in rows.items()},
+        "rows": {k: [{"bytes": t.bytes, "psnr": None if "exact" in t.note else t.psnr, "note": t.note} for t in v] for k, v in rows.items()},
         "note": "one image; classic tiles: the file nearest in bytes to each diffcodec tile (header included); "
         "PSNR of that image's decoded pixels",
     }
-    plot(original, rows, ctx.png("strip"), f"{ctx.data} image {index}: {source}")
+    what = "diffcodec encode decoded from growing prefixes of one file" if source == STRIP_NPZ else source
+    plot(original, rows, ctx.png("strip"), f"{ctx.data} image {index}: {what}; WebP and JPEG XL: the file nearest in bytes")
     return ctx.write("strip", body)
 
 
@@ -160,8 +166,7 @@ def plot(original: np.ndarray, rows: dict, path, title: str) -> None:
     for r, (label, tiles) in enumerate(rows.items()):
         axes[r, 0].axis("off")
         for c, tile in enumerate(tiles):
-            small = "\n(smallest file)" if "smallest" in tile.note else ""
-            show(axes[r, c + 1], tile.pixels, f"{tile.bytes} B, {tile.psnr:.1f} dB{small}")
+            show(axes[r, c + 1], tile.pixels, tile.label())
         for c in range(len(tiles) + 1, ncol):
             axes[r, c].axis("off")
         axes[r, 1].set_ylabel(label, fontsize=8)

@@ -90,23 +90,49 @@ def test_bench_all_quick(tiny_setup):
         assert results["strip"]["diffcodec_source"] == IDEAL_SOURCE
 
 
-def test_progressive_slot(tiny_setup):
-    """A progressive.json in the results folder becomes a curve on the RD plot and a BD-rate row."""
-    pytest.importorskip("bjontegaard")
-    run(tiny_setup, "classic")
+def fake_progressive(digest, data, indices, K=20, dims=64):
+    """progressive.json as the progressive stage writes it: K + 1 points per image (n = 0 … K), the
+    last one exact."""
     images = []
-    for i in range(4):
-        pts = [{"bytes": b, "bits_per_dim": 8 * b / 64, "psnr": 20 + 0.5 * b, "rmse": 255 / 10 ** ((20 + 0.5 * b) / 20), "step": 20 - b} for b in range(2, 40, 4)]
-        pts.append({"bytes": 60, "bits_per_dim": 7.5, "psnr": None, "rmse": 0.0, "step": 0})  # exact: dropped
+    for i in indices:
+        pts = [{"step": n, "bytes": 2 + 2 * n + i, "bits_per_dim": 8 * (2 + 2 * n + i) / dims, "psnr": 15 + 1.5 * n, "rmse": 255 / 10 ** ((15 + 1.5 * n) / 20)}
+               for n in range(K)]
+        pts.append({"step": K, "bytes": 60, "bits_per_dim": 8 * 60 / dims, "psnr": None, "rmse": 0.0})  # exact: dropped
         images.append({"index": i, "points": pts, "lossless_bytes": 60})
-    prog = {"prior_digest": tiny_setup["digest"], "data": tiny_setup["data"], "num_dims": 64, "images": images}
-    (tiny_setup["out"] / "progressive.json").write_text(json.dumps(prog))
+    return {"prior_digest": digest, "data": data, "num_dims": dims, "images": images}
+
+
+def test_progressive_slot(tiny_setup):
+    """A progressive.json in the results folder becomes a curve on the RD plot and a BD-rate row;
+    made on some of the images only, it is compared with the classic codecs on those images."""
+    pytest.importorskip("bjontegaard")
+    out = tiny_setup["out"]
+    run(tiny_setup, "classic")
+    (out / "progressive.json").write_text(json.dumps(fake_progressive(tiny_setup["digest"], tiny_setup["data"], range(4))))
     results = run(tiny_setup, "rd", "lossless")
     rd = results["rd"]
-    assert rd["progressive_included"] and "diffcodec encode" in rd["bd_rates"]
+    assert rd["progressive_included"] and rd["bd_rates"]["diffcodec encode"]["images"] == 4
     curve = next(c for c in rd["curves"] if c["label"] == "diffcodec encode")
-    assert len(curve["bits_per_dim"]) == 10 and curve["t"][0] == 18
+    assert len(curve["bits_per_dim"]) == 20 and curve["t"][0] == 20 and curve["t"][-1] == 1  # n = 0 is x_T
     assert results["lossless"]["progressive_single"]["bits_per_dim"] == pytest.approx(7.5)
+
+    (out / "progressive.json").write_text(json.dumps(fake_progressive(tiny_setup["digest"], tiny_setup["data"], [1, 3])))
+    rd = run(tiny_setup, "rd")["rd"]
+    assert rd["bd_rates"]["diffcodec encode"]["images"] == 2 and rd["bd_rates"]["diffcodec ideal"]["images"] == 4
+
+
+def test_classic_subsets_match_a_direct_sweep(tiny_setup):
+    """The classic curves of some images, summarized from the per-image sweep, equal a sweep of
+    those images alone."""
+    from bench.context import Context
+
+    run(tiny_setup, "classic")
+    ctx = Context(out=tiny_setup["out"], data=tiny_setup["data"], num=4, quick=True, prior_path=tiny_setup["prior"], verbose=False)
+    sub = classic.subset_codecs(ctx, [1, 3])
+    jpeg = classic.LOSSY_BY_KEY["jpeg"]
+    direct, _ = classic.sweep(jpeg, ctx.images[[1, 3]], jpeg.quick_sweep())
+    for a, b in zip(sub["jpeg"]["points"], direct["points"]):
+        assert a["bits_per_dim"] == b["bits_per_dim"] and a["psnr"] == pytest.approx(b["psnr"], abs=1e-5)
 
 
 def test_progressive_curve_means_points_per_image():
