@@ -49,6 +49,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .varint import encode_varint
+
 from .bootstrap import MAX_BOOT_TILES
 
 MAGIC = b"DCL"
@@ -96,17 +98,6 @@ class Header:
 
     def matches_prior(self, digest: str) -> bool:
         return bytes.fromhex(digest)[:DIGEST_BYTES] == bytes.fromhex(self.prior_digest)[:DIGEST_BYTES]
-
-
-def _varint(n: int) -> bytes:
-    if n < 0:
-        raise ValueError(f"header field must be >= 0, got {n}")
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 class _Reader:
@@ -264,7 +255,7 @@ def varint_fields(values: dict, boot, ramp, payload_words: int, names_kind: int,
     codec and bytes of each), the ramp (count, then sizes), payload words, names kind and names length."""
     fields = [values[f] for f in _VARINT_FIELDS] + [len(boot), *(x for pair in boot for x in pair)]
     fields += [len(ramp), *ramp, payload_words, names_kind, names_len]
-    return b"".join(_varint(v) for v in fields)
+    return b"".join(encode_varint(v) for v in fields)
 
 
 def unpack(blob: bytes) -> tuple[Header, np.ndarray]:

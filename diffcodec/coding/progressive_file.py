@@ -42,6 +42,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .varint import encode_varint
+
 MAGIC = b"DP"
 VERSION = 1
 DIGEST_BYTES = 4
@@ -78,24 +80,13 @@ def replace(header: Header, **changes) -> Header:
     return dataclasses.replace(header, **changes)
 
 
-def _varint(n: int) -> bytes:
-    if n < 0:
-        raise ValueError(f"header field must be >= 0, got {n}")
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def _header_bytes(h: Header) -> bytes:
     params = tuple(getattr(h, f) for f in _PARAMS)
     flags = (params == DEFAULT_PARAMS) | (2 if h.channels == 3 else 0)
-    out = MAGIC + bytes([VERSION]) + bytes.fromhex(h.prior_digest)[:DIGEST_BYTES] + _varint(flags)
+    out = MAGIC + bytes([VERSION]) + bytes.fromhex(h.prior_digest)[:DIGEST_BYTES] + encode_varint(flags)
     if not flags & 1:
-        out += b"".join(_varint(v) for v in params)
-    out += b"".join(_varint(getattr(h, f)) for f in _SHAPE)
+        out += b"".join(encode_varint(v) for v in params)
+    out += b"".join(encode_varint(getattr(h, f)) for f in _SHAPE)
     return out + struct.pack("<H", binascii.crc_hqx(out, 0xFFFF))
 
 
@@ -143,11 +134,11 @@ def unpack(blob: bytes) -> tuple[Header, bytes, bool]:
         raise ValueError(f"unsupported progressive file version {blob[m]} (this diffcodec reads version {VERSION})")
     pos, values = m + 1 + DIGEST_BYTES, {}
     try:
-        flags, pos = _read_varint(blob, pos)
+        flags, pos = _readencode_varint(blob, pos)
         if flags & 1:
             values.update(zip(_PARAMS, DEFAULT_PARAMS))
         for f in ([] if flags & 1 else list(_PARAMS)) + list(_SHAPE):
-            values[f], pos = _read_varint(blob, pos)
+            values[f], pos = _readencode_varint(blob, pos)
         values["channels"] = 3 if flags & 2 else 1
         (crc,) = struct.unpack_from("<H", blob, pos)
     except (IndexError, struct.error):
@@ -168,7 +159,7 @@ def unpack(blob: bytes) -> tuple[Header, bytes, bool]:
     return header, blob[start:], False
 
 
-def _read_varint(blob: bytes, pos: int) -> tuple[int, int]:
+def _readencode_varint(blob: bytes, pos: int) -> tuple[int, int]:
     value = 0
     for shift in range(0, 63, 7):
         byte = blob[pos]
