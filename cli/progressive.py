@@ -36,12 +36,13 @@ _TABLE_ROWS = 12  # steps shown in the text report (--json has all of them)
               help="Merge the noisiest steps until one transmission carries about this many bits (0: never).")
 @click.option("--threads", type=click.IntRange(min=1, max=255), default=1, show_default=True,
               help="torch threads for the network; recorded, the decoder uses the same.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Encode only the first N input images.")
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 @device_option
 @json_option
 @one_line_errors
 def encode_cmd(inputs, out, prior_path, steps, spacing, target_psnr, target_bytes, target_bpd, chunk_bits, margin,
-               merge_bits, threads, force, device, as_json):
+               merge_bits, threads, limit, force, device, as_json):
     """Progressive coding of images, one file each (DDPM Algorithms 3 and 4).
 
     The file sends x_K, x_{K-1}, ... as samples of q by reverse channel coding against the prior,
@@ -57,7 +58,7 @@ def encode_cmd(inputs, out, prior_path, steps, spacing, target_psnr, target_byte
     from diffcodec.files import atomic_write
     from diffcodec.schedule import Spacing
 
-    data = load_many(list(inputs))
+    data = load_many(list(inputs)).subset(limit)
     targets = _output_paths(out, data.names, force)
     prior, _ = open_prior(prior_path, device)
     params = ProgressiveParams(steps=steps, spacing=Spacing(spacing), chunk_bits=chunk_bits, merge_bits=merge_bits,
