@@ -214,6 +214,19 @@ def test_bad_files_fail_with_one_line_errors(prior):
         decode(prior, b"PNG not a progressive file")
     with pytest.raises(ValueError, match="diffcodec decompress"):
         decode(prior, b"DCL\x02" + b"\0" * 40)
+    h, body, _ = progressive_file.unpack(data)
+    on_cuda = progressive_file.pack(progressive_file.replace(h, cuda=True), body, np.zeros((1, 8, 8), np.uint8))
+    with pytest.raises(ValueError, match="encoded on CUDA"):
+        decode(prior, on_cuda)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+def test_cuda_round_trip(one_thread):
+    prior = make_tiny_prior().cuda()
+    prior.digest = "ab" * 32
+    image = _image(9)
+    data = encode(prior, image, FAST).data
+    assert np.array_equal(decode(prior, data).image, image)
 
 
 def test_fresh_process_with_other_threads_regenerates_candidates_and_pixels(prior, tmp_path):

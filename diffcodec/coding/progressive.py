@@ -262,7 +262,7 @@ def encode(prior: Prior, image, params: ProgressiveParams = ProgressiveParams(),
     header = pf.Header(prior_digest=prior.digest, steps=K, spacing=_SPACINGS.index(params.spacing),
                        chunk_quarters=round(4 * params.chunk_bits), merge_quarters=round(4 * params.merge_bits),
                        threads=params.threads, max_batch=params.max_batch, channels=c, height=h, width=w,
-                       stop=K, total_bytes=0)
+                       stop=K, total_bytes=0, cuda=device.type == "cuda")
     x0 = pixels_to_model(torch.from_numpy(tiles), torch.float64).flatten(1)  # [B, D]
     coder = ArithmeticEncoder()
     records: list[StepRecord] = []
@@ -344,13 +344,13 @@ def _encode_step(chain: Chain, coder: ArithmeticEncoder, k: int, m: int, x0, x, 
         for ci, (dims, kappa) in enumerate(chunks):
             mq, mp, sp = mu_q[b, dims], mean_p[b, dims], std_p[b, dims]
             kl = float(kl_dims[dims].sum())
-            a, bb = log_weight_coefs(mq, sd_q, mp, sp)
+            a, bb = (t.to(chain.device) for t in log_weight_coefs(mq, sd_q, mp, sp))  # candidates on the chain's device
             private = torch.Generator().manual_seed(seed_of(0xE11C, b, k, ci))
             pick = select(a, bb, _chunk_seed(b, k, ci), kl, params.margin, private, block_size(kappa),
                           params.max_search_bits)
             write_index(coder, chain.octaves.table(kappa), pick.index)
             chain.octaves.update(kappa, pick.index)
-            xs = mp + sp * pick.eps.double()
+            xs = mp + sp * pick.eps.cpu().double()
             new[b, dims] = xs
             stats.add(xs, mq, sd_q, mp, kl, pick.searched)
         stats.chunks += len(chunks)
@@ -481,11 +481,15 @@ def decode(prior: Prior, data: bytes, steps: int | None = None, keep_intermediat
     c, size = prior.image_shape[0], prior.image_shape[1]
     if header.channels != c or header.steps > prior.config.num_timesteps:
         raise ValueError("progressive file is inconsistent with its prior (corrupted header)")
+    device = next(prior.parameters(), torch.empty(0)).device
+    if header.cuda != (device.type == "cuda"):
+        made, here = ("CUDA", "CPU") if header.cuda else ("CPU", "CUDA")
+        raise ValueError(f"file was encoded on {made} and can only be decoded there (this run uses {here}; "
+                         f"pass --device {'cuda' if header.cuda else 'cpu'})")
     schedule = prior.schedule(header.steps, _SPACINGS[header.spacing])
     K = schedule.num_steps
     tiles_shape = (math.ceil(header.height / size) * math.ceil(header.width / size), c, size, size)
     pf.check_work(header, tiles_shape[0])
-    device = next(prior.parameters(), torch.empty(0)).device
     chain = Chain(prior, schedule, tiles_shape, header.chunk_quarters / 4, header.merge_quarters / 4,
                   header.max_batch, device)
     limit = min(K if steps is None else steps, header.stop)

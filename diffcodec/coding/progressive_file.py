@@ -3,7 +3,8 @@
 A 28×28 file is a few hundred bytes, so every count is an unsigned LEB128 varint. Layout::
 
     magic b"DP" (2) · format version 1 (1) · prior digest, first 4 bytes of its SHA-256 (4)
-    varint flags: bit 0 = the default coder parameters (below), bit 1 = three channels (else one)
+    varint flags: bit 0 = the default coder parameters (below), bit 1 = three channels (else one),
+             bit 2 = network and candidates ran on CUDA (decodable only there; else CPU)
     varints, only when bit 0 is clear: steps K, spacing (0 even, 1 front), chunk size κ and merge
              size in quarter bits, torch threads, tiles per network call
     varints: height H, width W, stop (reverse steps in the file; K = the exact image), total file bytes
@@ -68,6 +69,7 @@ class Header:
     width: int
     stop: int
     total_bytes: int
+    cuda: bool = False  # candidates and network on a CUDA device (their numbers differ from the CPU's)
 
     def __post_init__(self):
         object.__setattr__(self, "prior_digest", self.prior_digest[: 2 * DIGEST_BYTES])
@@ -82,7 +84,7 @@ def replace(header: Header, **changes) -> Header:
 
 def _header_bytes(h: Header) -> bytes:
     params = tuple(getattr(h, f) for f in _PARAMS)
-    flags = (params == DEFAULT_PARAMS) | (2 if h.channels == 3 else 0)
+    flags = (params == DEFAULT_PARAMS) | (2 if h.channels == 3 else 0) | (4 if h.cuda else 0)
     out = MAGIC + bytes([VERSION]) + bytes.fromhex(h.prior_digest)[:DIGEST_BYTES] + encode_varint(flags)
     if not flags & 1:
         out += b"".join(encode_varint(v) for v in params)
@@ -140,12 +142,13 @@ def unpack(blob: bytes) -> tuple[Header, bytes, bool]:
         for f in ([] if flags & 1 else list(_PARAMS)) + list(_SHAPE):
             values[f], pos = _readencode_varint(blob, pos)
         values["channels"] = 3 if flags & 2 else 1
+        values["cuda"] = bool(flags & 4)
         (crc,) = struct.unpack_from("<H", blob, pos)
     except (IndexError, struct.error):
         raise ValueError(f"progressive file is truncated inside its header ({len(blob)} bytes)") from None
     if crc != binascii.crc_hqx(blob[:pos], 0xFFFF):
         raise ValueError("progressive file is corrupted (header checksum mismatch)")
-    if flags >> 2:
+    if flags >> 3:
         raise ValueError("progressive file is corrupted (unknown header flags)")
     header = Header(prior_digest=blob[m + 1 : m + 1 + DIGEST_BYTES].hex(), **values)
     _check_fields(header)
