@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from diffcodec.coding.lossless import pinned_threads
-from diffcodec.coding.progressive import ProgressiveParams, decode, encode, fidelity_stats, psnr
+from diffcodec.coding.progressive import ProgressiveParams, decode, encode
+from diffcodec.coding.progressive_records import fidelity_stats, psnr
 from diffcodec.schedule import Spacing
 from diffcodec.terms import compute_terms
 

@@ -55,7 +55,6 @@ from __future__ import annotations
 import copy
 import math
 import time
-import zlib
 from dataclasses import dataclass, field
 
 import constriction
@@ -71,6 +70,7 @@ from . import progressive_file as pf
 from .arith import ArithmeticDecoder, ArithmeticEncoder, OutOfBits, Snapshot
 from .bitsback import decoder_probs
 from .lossless import from_tiles, pinned_threads, to_tiles
+from .progressive_records import EncodeResult, StepRecord, StepStats, fidelity_stats, psnr, step_dict  # noqa: F401
 from .progressive_steps import LEVEL_MAX, LEVEL_MIN, LEVEL_SPAN, SKIP, Chain, kl_level
 from .rcc import block_size, candidate, kl_nats_per_dim, log_weight_coefs, read_index, seed_of, select, write_index
 
@@ -111,89 +111,6 @@ class ProgressiveParams:
         prior.schedule(self.steps, self.spacing)  # validates steps against the prior
         return ProgressiveParams(self.steps, Spacing(self.spacing), float(self.chunk_bits), float(self.merge_bits),
                                  float(self.skip_bits), float(self.margin), int(self.max_search_bits), int(self.threads), int(self.max_batch))
-
-
-@dataclass
-class StepRecord:
-    """The state after ``n`` reverse steps (x_{K−n} sent; n = K means x_0 itself)."""
-
-    n: int
-    timestep: int  # original timestep of the latent just sent (0 for x_0)
-    file_bytes: int  # a file stopped here: header, stream, padding and CRC
-    stream_bits: int  # the step stream terminated here (and x_0's segment at n = K), bits
-    kl_bits: float  # cumulative KL of the steps sent so far, Σ KL(q‖p) (at n = K: + −log2 P(x_0|x_1))
-    sq_err: float  # Σ over pixels of (reconstruction − x_0)², 0–255 scale, reconstruction x̂_0(x_{K−n}) rounded to pixels
-    chunks: int = 0  # chunks in this step (all tiles)
-    candidates: int = 0  # candidates searched in this step (all tiles)
-    # fidelity of the sent sample against q (sums over dims, for pooling across images)
-    z_sum: float = 0.0
-    z_sq_sum: float = 0.0
-    slope_num: float = 0.0  # Σ (x − μ_p)(μ_q − μ_p)/σ_q²
-    slope_den: float = 0.0  # Σ (μ_q − μ_p)²/σ_q²
-    dims: int = 0
-
-
-@dataclass
-class EncodeResult:
-    data: bytes
-    steps: list[StepRecord]  # n = 0 (x_K) .. stop
-    num_dims: int  # C·H·W of the image
-    stop: int  # reverse steps in the file (K = lossless)
-    total_steps: int  # K
-    seconds: float
-    network_seconds: float
-    search_seconds: float
-
-    def to_dict(self) -> dict:
-        return {
-            "file_bytes": len(self.data),
-            "bits_per_dim": 8 * len(self.data) / self.num_dims,
-            "stop_step": self.stop,
-            "lossless": self.stop == self.total_steps,
-            "total_steps": self.total_steps,
-            "seconds": self.seconds,
-            "network_seconds": self.network_seconds,
-            "search_seconds": self.search_seconds,
-            "steps": [step_dict(s, self.num_dims) for s in self.steps],
-        }
-
-    def fidelity(self) -> dict:
-        """The sent samples against q, pooled over steps in units of σ_q (each step weighted by its information)."""
-        return fidelity_stats(self.steps)
-
-
-def fidelity_stats(steps) -> dict:
-    """slope of (x − μ_p) on (μ_q − μ_p), and mean and variance of z = (x − μ_q)/σ_q, pooled over ``steps``."""
-    dims = sum(s.dims for s in steps)
-    den = sum(s.slope_den for s in steps)
-    if not dims or den <= 0:
-        return {"fidelity_slope": None, "fidelity_z_mean": None, "fidelity_z_var": None}
-    mean = sum(s.z_sum for s in steps) / dims
-    return {"fidelity_slope": sum(s.slope_num for s in steps) / den, "fidelity_z_mean": mean,
-            "fidelity_z_var": sum(s.z_sq_sum for s in steps) / dims - mean * mean}
-
-
-def step_dict(s: StepRecord, num_dims: int) -> dict:
-    mse = s.sq_err / num_dims
-    return {
-        "n": s.n,
-        "t": s.timestep,
-        "file_bytes": s.file_bytes,
-        "bits_per_dim": 8 * s.file_bytes / num_dims,
-        "stream_bits": s.stream_bits,
-        "kl_bits": s.kl_bits,
-        "rmse": math.sqrt(mse),
-        "psnr": psnr(mse) if mse > 0 else None,  # None: exact (JSON has no infinity)
-        "chunks": s.chunks,
-        "candidates": s.candidates,
-        "slope": s.slope_num / s.slope_den if s.slope_den > 0 else None,
-        "z_mean": s.z_sum / s.dims if s.dims else None,
-        "z_var": s.z_sq_sum / s.dims - (s.z_sum / s.dims) ** 2 if s.dims else None,
-    }
-
-
-def psnr(mse: float) -> float:
-    return math.inf if mse <= 0 else 10.0 * math.log10(255.0**2 / mse)
 
 
 @dataclass
@@ -268,7 +185,7 @@ def encode(prior: Prior, image, params: ProgressiveParams = ProgressiveParams(),
     records: list[StepRecord] = []
     snaps: list[Snapshot] = []
     recons: list[np.ndarray] = []  # reconstructions of the last two states
-    stats, kl_total, search_seconds, stop, jump = _StepStats(), 0.0, 0.0, None, None
+    stats, kl_total, search_seconds, stop, jump = StepStats(), 0.0, 0.0, None, None
     x, k = _start(tiles.shape), K
     with pinned_threads(params.threads), tqdm(total=K, desc="encode", unit="step", disable=not progress, leave=False) as bar:
         while True:  # x = x_k
@@ -326,7 +243,7 @@ def _encode_step(chain: Chain, coder: ArithmeticEncoder, k: int, m: int, x0, x, 
     c1, c2, sd_q = chain.posterior(k, m)
     mu_q = c1 * x0 + c2 * x.flatten(1)
     new = torch.empty_like(mu_q)
-    stats = _StepStats()
+    stats = StepStats()
     for b in range(chain.num_tiles):
         kl_dims = kl_nats_per_dim(mu_q[b], sd_q, mean_p[b], std_p[b]) / math.log(2.0)
         if float(kl_dims.sum()) < params.skip_bits:
@@ -401,35 +318,6 @@ def _decode_step(chain: Chain, reader: ArithmeticDecoder, k: int, m: int, x, eps
     # only a complete step updates the shared state
     chain.levels, chain.expected, chain.octaves, chain.level_model = levels, expecteds, octaves, level_model
     return new.view(chain.shape)
-
-
-@dataclass
-class _StepStats:
-    kl: float = 0.0
-    chunks: int = 0
-    candidates: int = 0
-    z_sum: float = 0.0
-    z_sq_sum: float = 0.0
-    slope_num: float = 0.0
-    slope_den: float = 0.0
-    dims: int = 0
-
-    def add(self, xs, mq, sd_q, mp, kl, searched):
-        """In units of σ_q, so that pooling over steps weights each by its information (Σ δ² ≈ 2·KL)."""
-        z = (xs - mq) / sd_q
-        dq = (mq - mp) / sd_q
-        self.kl += kl
-        self.candidates += searched
-        self.z_sum += float(z.sum())
-        self.z_sq_sum += float((z * z).sum())
-        self.slope_num += float(((xs - mp) / sd_q * dq).sum())
-        self.slope_den += float((dq * dq).sum())
-        self.dims += xs.numel()
-
-    def store(self, rec: StepRecord):
-        rec.chunks, rec.candidates = self.chunks, self.candidates
-        rec.z_sum, rec.z_sq_sum, rec.slope_num, rec.slope_den, rec.dims = (
-            self.z_sum, self.z_sq_sum, self.slope_num, self.slope_den, self.dims)
 
 
 def _encode_pixels(tiles: np.ndarray, mean_p: torch.Tensor, std_p: torch.Tensor) -> tuple[bytes, float]:
