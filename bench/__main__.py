@@ -11,6 +11,8 @@ Stages (``all`` runs them in this order; later stages reuse what earlier ones wr
   lossless  lossless table: VLB, bits-back, PNG, WebP-LL, JPEG XL → lossless_table.{json,png}
   terms     per-timestep terms L_t of the prior, log scale → timestep_terms.{json,png}
   strip     one image at growing sizes: diffcodec slot beside WebP and JPEG XL → strip.{json,png}
+  timing    encode/decode, compress/decompress, nll beside the network passes alone (the floor), one
+            thread, best of 3 rounds → timing.{json,png} (10 images; --quick 3)
 
 Examples:
 
@@ -28,8 +30,8 @@ from pathlib import Path
 from .context import Context
 from .provenance import RESULTS
 
-STAGES = ("classic", "ideal", "progressive", "rd", "lossless", "terms", "strip")
-MODULES = {"classic": "classic", "ideal": "ideal", "progressive": "progressive", "rd": "rd", "lossless": "lossless_table", "terms": "timestep_terms", "strip": "strip"}
+STAGES = ("classic", "ideal", "progressive", "rd", "lossless", "terms", "strip", "timing")
+MODULES = {"classic": "classic", "ideal": "ideal", "progressive": "progressive", "rd": "rd", "lossless": "lossless_table", "terms": "timestep_terms", "strip": "strip", "timing": "timing"}
 QUICK_NUM = 100
 
 
