@@ -11,8 +11,9 @@ For each of the first N images (default 100; ``--quick`` 8) at the codecs' steps
   samples of q, and the MSE of x̂_0 from them);
 - the sent samples against q, per step and pooled (slope of (x − μ_p) on (μ_q − μ_p) and the
   variance of z = (x − μ_q)/σ_q, in units of σ_q);
-- time: encode and decode seconds beside the same number of network passes alone on the same
-  inputs and threads, measured in the same run (``TIMED`` images);
+- time: encode and decode seconds beside the network passes they made, replayed alone
+  (bench.timing.replay_seconds) in the same run (``TIMED`` images; ``python -m bench timing`` measures
+  the same more carefully, in interleaved rounds);
 - a trade-off table of chunk size κ and candidate margin on ``TRADEOFF`` images.
 
 Writes ``progressive.json`` (the rd/lossless stages read it, schema in bench/rd.py),
@@ -35,6 +36,7 @@ from diffcodec.schedule import Spacing
 from diffcodec.terms import compute_terms
 
 from .plotting import pyplot
+from .timing import replay_seconds
 
 NUM, QUICK_NUM = 100, 8
 TIMED, QUICK_TIMED = 20, 2
@@ -76,18 +78,6 @@ def _ideal(ctx, images: np.ndarray, schedule) -> tuple[np.ndarray, np.ndarray]:
     return cum, err
 
 
-def _network_floor(ctx, image: np.ndarray, passes: int, threads: int) -> float:
-    """Seconds for ``passes`` network evaluations at batch 1 on this image's shape, alone."""
-    x = torch.randn(1, *image.shape, dtype=torch.float64)
-    t = torch.tensor([500.0])
-    with pinned_threads(threads), torch.no_grad():
-        ctx.prior.network(x, t)  # warm-up
-        t0 = time.perf_counter()
-        for _ in range(passes):
-            ctx.prior.network(x, t)
-        return time.perf_counter() - t0
-
-
 def _tradeoff(ctx, images) -> list[dict]:
     rows = []
     for kappa, margin in TRADEOFF_GRID:
@@ -127,7 +117,8 @@ def stage(ctx) -> dict:
             dec_s = time.perf_counter() - t0
             if not np.array_equal(d.image, image):
                 raise RuntimeError(f"image {i} did not decode exactly")
-            floor = _network_floor(ctx, image, len(r.steps), params.threads)
+            with pinned_threads(params.threads):  # the network passes the encoder made (not after x_0), alone
+                floor = replay_seconds(ctx.prior, [1] * sum(1 for s in r.steps if s.timestep > 0))
             timing.append({"encode_s": r.seconds, "decode_s": dec_s, "network_floor_s": floor,
                            "encode_network_s": r.network_seconds, "search_s": r.search_seconds, "passes": len(r.steps)})
         if i % 10 == 0:
