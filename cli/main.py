@@ -31,6 +31,9 @@ if importlib.util.find_spec("diffcodec_cli.progressive") is not None:
     COMMANDS["decode"] = "diffcodec_cli.progressive:decode_cmd"
 
 
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2: prints help, not an error
+
+
 class LazyGroup(click.Group):
     """A click group whose commands come from a name → "module:attribute" table, imported on use."""
 
@@ -45,7 +48,7 @@ class LazyGroup(click.Group):
         """Run the command; a bad flag or argument gives one line, like every other error (SPEC §7)."""
         try:
             return super().invoke(ctx)
-        except click.exceptions.NoArgsIsHelpError:
+        except _NO_ARGS_IS_HELP:
             raise
         except click.UsageError as err:
             name = err.ctx.command_path if err.ctx is not None else ctx.command_path
