@@ -211,3 +211,14 @@ def test_every_registered_command_resolves():
     for name in COMMANDS:
         command = main.get_command(None, name)
         assert command is not None and command.name == name
+
+
+def test_what_the_readme_command_writes_is_ignored_by_git():
+    """The README's first command writes fashion.dcl and decoded/ into the working copy."""
+    from pathlib import Path
+
+    ignore = Path(__file__).resolve().parents[1] / ".gitignore"
+    if not ignore.exists():
+        pytest.skip("not a source checkout")
+    patterns = ignore.read_text().split()
+    assert "*.dcl" in patterns and "/decoded/" in patterns

@@ -108,3 +108,14 @@ def test_bad_inputs_give_one_line_errors(files, tmp_path):
 def test_nll_is_listed_in_help():
     result = run("--help")
     assert result.exit_code == 0 and "nll" in result.output
+
+
+def test_default_estimator_says_what_it_computes(files):
+    """`--estimator auto` (the default) runs MC when K > 4(S + 1) and says so, exact otherwise."""
+    prior, data, _ = files
+    mc = CliRunner().invoke(main, ["nll", "--prior", str(prior), "--data", str(data), "--samples", "2"])
+    assert mc.exit_code == 0, mc.output
+    assert "Monte Carlo over steps, 2 per image (auto; --estimator exact for every step)" in mc.output
+    assert "5 images, 20 steps" in mc.output and ": 15 network evaluations" in mc.output  # 5 × (2 + 1), said up front
+    exact = run("nll", "--prior", prior, "--data", data, "--json")
+    assert json.loads(exact.stdout)["estimator"] == "exact" and json.loads(exact.stdout)["estimator_requested"] == "auto"

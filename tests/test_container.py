@@ -241,3 +241,19 @@ def test_classic_tiles_stand_in_for_initial_bits(monkeypatch):
     one, st1 = compress(prior, images, names, CodecParams(steps=4, threads=1))
     assert st1.bootstrap_tiles == 1 and st1.initial_bits > st.initial_bits and len(one) > len(blob)
     assert np.array_equal(decompress(prior, one)[0], images)
+
+
+def test_batches_grow_with_the_stack_and_initial_bits_stay_small():
+    """The first batch holds one tile and later ones grow only as the stack allows, so the initial
+    bits stay near one tile's dip even with a large max_batch (a fixed ramp used to overdraw it)."""
+    from diffcodec.coding import ans, lossless
+
+    prior = make_tiny_prior()
+    prior.digest = "77" * 32
+    images = random_images(40, seed=12).numpy()
+    blob, st = compress(prior, images, [f"r{i:02d}.png" for i in range(40)], CodecParams(steps=4, threads=1, max_batch=64))
+    header, _ = container.unpack(blob)
+    sizes = lossless.batch_sizes(40 - len(header.boot), 64, header.ramp)
+    assert sizes[0] == 1 and len(sizes) > 3 and max(sizes) < 40 - len(header.boot)
+    assert st.initial_bits <= ans.WORD_BITS * (ans.MARGIN_WORDS + 1) + 8 * 64  # about one 8x8 tile's dip at most
+    assert np.array_equal(decompress(prior, blob)[0], images)
