@@ -108,6 +108,16 @@ def predict_x0(x_t: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor) ->
     return (x_t - torch.sqrt(1.0 - alpha_bar) * eps) / torch.sqrt(alpha_bar)
 
 
+def eps_from_v(x_t: torch.Tensor, v: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """ε from a v-prediction v = √ᾱ ε − √(1 − ᾱ) x_0 (Salimans & Ho 2022): ε = √ᾱ v + √(1 − ᾱ) x_t."""
+    return torch.sqrt(alpha_bar) * v + torch.sqrt(1.0 - alpha_bar) * x_t
+
+
+def eps_from_x0(x_t: torch.Tensor, x0: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """ε from a prediction of x_0: ε = (x_t − √ᾱ x_0)/√(1 − ᾱ), the inverse of :func:`predict_x0`."""
+    return (x_t - torch.sqrt(alpha_bar) * x0) / torch.sqrt(1.0 - alpha_bar)
+
+
 def prior_kl(x0: torch.Tensor, alpha_bar_T: float) -> torch.Tensor:
     """L_T per dimension: KL(q(x_T|x_0) ‖ N(0, I)) = KL(N(√ᾱ_T x_0, 1 − ᾱ_T) ‖ N(0, 1))."""
     mean = math.sqrt(alpha_bar_T) * x0

@@ -49,6 +49,14 @@ class PriorConfig:
         if (self.variance is VarianceMode.LEARNED) != self.unet.learn_variance:
             raise ValueError("variance 'learned' requires unet.learn_variance = true, and only then")
 
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.unet.image_channels, self.unet.image_size, self.unet.image_size)
+
+    def base_schedule(self) -> Schedule:
+        """The full T-step schedule the network was trained with."""
+        return make_schedule(self.schedule, self.num_timesteps)
+
     def to_dict(self) -> dict:
         return {
             "unet": self.unet.to_dict(),
@@ -111,21 +119,26 @@ class ScheduleTables:
 
 
 class Prior(nn.Module):
-    """A DDPM prior. ``net`` maps (x_t float32 [N,C,H,W], t float32 [N]) to ε (and v if learned)."""
+    """A DDPM prior. ``net`` maps (x_t float32 [N,C,H,W], t float32 [N] in 1..T) to ε (and v if learned).
+
+    ``config`` is a :class:`PriorConfig` (diffcodec's own priors) or anything with the same reading
+    surface: ``image_shape``, ``num_timesteps``, ``variance``, ``clip_x0``, ``base_schedule()``,
+    ``to_dict()``/``to_json()`` (``diffusers_prior.DiffusersConfig`` for diffusers checkpoints, which
+    pass their own ``net``).
+    """
 
     def __init__(self, config: PriorConfig, net: nn.Module | None = None):
         super().__init__()
         self.config = config
         self.net = net if net is not None else UNet(config.unet)
-        self.base_schedule = make_schedule(config.schedule, config.num_timesteps)
+        self.base_schedule = config.base_schedule()
         self.digest: str | None = None  # set by checkpoint I/O
         self.info: dict = {}  # free-form training record, from the prior file
         self._tables: dict = {}
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        u = self.config.unet
-        return (u.image_channels, u.image_size, u.image_size)
+        return self.config.image_shape
 
     @property
     def num_dims(self) -> int:

@@ -35,6 +35,14 @@ def linear_betas(T: int) -> np.ndarray:
     return np.linspace(scale * 1e-4, scale * 0.02, T, dtype=np.float64)
 
 
+def range_betas(start: float, end: float, T: int, sqrt: bool = False) -> np.ndarray:
+    """β_t linear in t from ``start`` to ``end`` ([T] f64, no rescaling with T); with ``sqrt``, √β is
+    linear instead (diffusers' "scaled_linear", from latent diffusion)."""
+    if sqrt:
+        return np.linspace(math.sqrt(start), math.sqrt(end), T, dtype=np.float64) ** 2
+    return np.linspace(start, end, T, dtype=np.float64)
+
+
 def cosine_betas(T: int, s: float = 0.008, max_beta: float = 0.999) -> np.ndarray:
     """Improved-DDPM cosine schedule: ᾱ(t) = f(t)/f(0), f(t) = cos²(((t/T + s)/(1 + s))·π/2). [T] f64."""
 
@@ -100,7 +108,15 @@ def make_schedule(kind: ScheduleKind | str, T: int) -> Schedule:
     if T < 1:
         raise ValueError(f"schedule length T must be >= 1, got {T}")
     kind = ScheduleKind(kind)
-    betas = linear_betas(T) if kind is ScheduleKind.LINEAR else cosine_betas(T)
+    return schedule_from_betas(linear_betas(T) if kind is ScheduleKind.LINEAR else cosine_betas(T))
+
+
+def schedule_from_betas(betas: np.ndarray) -> Schedule:
+    """The full T-step chain of ``betas`` ([T], each in (0, 1]), at timesteps 1..T."""
+    betas = np.asarray(betas, dtype=np.float64)
+    if betas.ndim != 1 or len(betas) < 1 or not np.all((betas > 0) & (betas <= 1)):
+        raise ValueError("betas must be a non-empty 1-D array of values in (0, 1]")
+    T = len(betas)
     return Schedule(betas=betas, timesteps=np.arange(1, T + 1, dtype=np.int64), T=T)
 
 
