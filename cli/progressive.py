@@ -34,6 +34,9 @@ _TABLE_ROWS = 12  # steps shown in the text report (--json has all of them)
               help="Candidates searched per chunk: 2^(KL + margin). Larger: samples closer to q, slower.")
 @click.option("--merge-bits", type=float, default=16.0, show_default=True,
               help="Merge the noisiest steps until one transmission carries about this many bits (0: never).")
+@click.option("--finish", type=click.Choice(["best", "end"]), default="best", show_default=True,
+              help="Where the exact image follows the steps: best = from the step that gives the smallest file "
+                   "(x_0 coded around the network's prediction); end = walk the chain to x_1, then P(x_0|x_1).")
 @click.option("--threads", type=click.IntRange(min=1, max=255), default=1, show_default=True,
               help="torch threads for the network; recorded, the decoder uses the same.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Encode only the first N input images.")
@@ -42,12 +45,13 @@ _TABLE_ROWS = 12  # steps shown in the text report (--json has all of them)
 @json_option
 @one_line_errors
 def encode_cmd(inputs, out, prior_path, steps, spacing, target_psnr, target_bytes, target_bpd, chunk_bits, margin,
-               merge_bits, threads, limit, force, device, as_json):
+               merge_bits, finish, threads, limit, force, device, as_json):
     """Progressive coding of images, one file each (DDPM Algorithms 3 and 4).
 
     The file sends x_K, x_{K-1}, ... as samples of q by reverse channel coding against the prior,
-    then the exact pixels. Any prefix of it decodes to a reconstruction; the whole file to the exact
-    image. With --psnr, --bytes or --bpd the file stops early (a lossy file).
+    then the exact pixels from the step where they cost least (--finish). Any prefix of it decodes to
+    a reconstruction; the whole file to the exact image. With --psnr, --bytes or --bpd the file stops
+    early (a lossy file), unless the exact file is no larger.
 
     INPUTS: image files (PNG, ...), folders, .npy/.npz, or fashion-mnist:test.
     """
@@ -62,7 +66,7 @@ def encode_cmd(inputs, out, prior_path, steps, spacing, target_psnr, target_byte
     targets = _output_paths(out, data.names, force)
     prior, _ = open_prior(prior_path, device)
     params = ProgressiveParams(steps=steps, spacing=Spacing(spacing), chunk_bits=chunk_bits, merge_bits=merge_bits,
-                               margin=margin, threads=threads).resolved(prior)
+                               margin=margin, threads=threads, finish=finish).resolved(prior)
     records = []
     for image, name, path in zip(data.images, data.names, targets):
         dims = int(image.size)
@@ -110,7 +114,8 @@ def _plan_paths(out: str | None, names: list[str]) -> list[Path]:
 def _report(rec: dict, dims: int) -> None:
     steps = rec["steps"]
     last = steps[-1]
-    kind = "lossless" if rec["lossless"] else f"lossy, stopped after {last['n']} of {rec['total_steps']} steps"
+    kind = (f"lossless, exact pixels after step {rec['exact_from_step']}" if rec["lossless"]
+            else f"lossy, stopped after {last['n']} of {rec['total_steps']} steps")
     click.echo(f"wrote {rec['out']}: {rec['file_bytes']:,} bytes, {rec['bits_per_dim']:.3f} bits/dim ({kind}; "
                f"{rec['seconds']:.1f} s, network {rec['network_seconds']:.1f} s)")
     click.echo("   step      t     file bytes   bits/dim   KL bits/dim    PSNR dB")
@@ -173,8 +178,7 @@ def decode_cmd(file, out, upto, prefix_bytes, all_dir, recon, force, prior_path,
             write_image(folder / name, img)
     write_image(target, res.image)
     rec = {"out": str(target), "steps_decoded": res.steps_decoded, "total_steps": res.total_steps,
-           "lossless": res.lossless, "complete": res.complete, "partial": not res.complete and not res.lossless
-           and res.steps_decoded < res.header.stop and upto is None, "bytes_read": len(blob), "recon": recon,
+           "lossless": res.lossless, "complete": res.complete, "partial": not res.complete and upto is None, "bytes_read": len(blob), "recon": recon,
            "seconds": res.seconds}
     if as_json:
         emit_json(rec)

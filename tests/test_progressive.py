@@ -3,6 +3,7 @@ targets, bad files, determinism across processes."""
 
 from __future__ import annotations
 
+import dataclasses
 import doctest
 import math
 import subprocess
@@ -24,6 +25,7 @@ from diffcodec_cli.main import main
 from .conftest import make_tiny_prior
 
 FAST = ProgressiveParams(steps=8, chunk_bits=6, margin=3, max_search_bits=12)
+FAST_END = dataclasses.replace(FAST, finish="end")  # the whole chain to x_1, then P(x_0|x_1)
 
 
 @pytest.fixture
@@ -133,10 +135,12 @@ def test_round_trip_bit_exact_for_every_variance_mode(one_thread, variance):
     prior = make_tiny_prior(variance)
     prior.digest = "cd" * 32
     image = _image(1)
-    enc = encode(prior, image, FAST)
-    dec = decode(prior, enc.data)
-    assert dec.lossless and dec.complete and np.array_equal(dec.image, image)
-    assert enc.stop == FAST.steps and enc.steps[-1].n == FAST.steps
+    for params in (FAST, FAST_END):
+        enc = encode(prior, image, params)
+        dec = decode(prior, enc.data)
+        assert dec.lossless and dec.complete and np.array_equal(dec.image, image)
+        assert enc.stop == FAST.steps and enc.steps[-1].n == FAST.steps
+    assert enc.exact_from == FAST.steps - 1  # "end" finishes from x_1
 
 
 def test_odd_sized_and_colour_images_round_trip(one_thread):
@@ -155,7 +159,7 @@ def test_odd_sized_and_colour_images_round_trip(one_thread):
 
 def test_every_truncation_decodes_and_error_falls_as_steps_arrive(prior):
     image = _image(4)
-    data = encode(prior, image, FAST).data
+    data = encode(prior, image, FAST_END).data
     steps, errors = [], []
     for n in range(len(data) + 1):
         if n < 8:  # inside the fixed header fields: a one-line error, never a wrong picture

@@ -221,7 +221,8 @@ class _Network:
         return out
 
 
-def _check_images(prior: Prior, images) -> np.ndarray:
+def check_images(prior: Prior, images) -> np.ndarray:
+    """Images [N, C, H, W] the prior can code (its channel count, sizes the file formats hold) as uint8; ValueError naming the problem."""
     images = np.asarray(as_pixels(images).numpy())
     c = prior.image_shape[0]
     if images.shape[1] != c:
@@ -239,7 +240,7 @@ def _check_images(prior: Prior, images) -> np.ndarray:
 def compress(prior: Prior, images, names: list[str], params: CodecParams = CodecParams(), progress: bool = False):
     """Images [N, C, H, W] uint8 → (file bytes, CodecStats). Images of other sizes than the prior's are tiled."""
     t0 = time.perf_counter()
-    images = _check_images(prior, images)
+    images = check_images(prior, images)
     if prior.digest is None:
         raise ValueError("the prior has no digest (load it with diffcodec.checkpoint.load_prior)")
     if len(names) != len(images):

@@ -57,26 +57,26 @@ import math
 import time
 from dataclasses import dataclass, field
 
-import constriction
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from ..defaults import CODEC_SPACING, CODEC_STEPS
-from ..diffusion import as_pixels, model_to_pixels, pixels_to_model
+from ..diffusion import model_to_pixels, pixels_to_model
 from ..prior import Prior
 from ..schedule import Spacing
 from . import progressive_file as pf
+from . import progressive_finish as finishing
 from .arith import ArithmeticDecoder, ArithmeticEncoder, OutOfBits, Snapshot
-from .bitsback import decoder_probs
-from .lossless import from_tiles, pinned_threads, to_tiles
+from .lossless import check_images, from_tiles, pinned_threads, to_tiles
 from .progressive_records import EncodeResult, StepRecord, StepStats, fidelity_stats, psnr, step_dict  # noqa: F401
 from .progressive_steps import LEVEL_MAX, LEVEL_MIN, LEVEL_SPAN, SKIP, Chain, kl_level
 from .rcc import block_size, candidate, kl_nats_per_dim, log_weight_coefs, read_index, seed_of, select, write_index
 
+WALK_ON = 1.04  # without a target, the encoder walks on until the exact file would be this much above its best
 FREE_BITS = 0.1  # x_K is drawn from p without bits when KL(q(x_K|x_0) ‖ N(0, I)) is provably below this
 _SPACINGS = [Spacing.EVEN, Spacing.FRONT]
-_CATEGORICAL = constriction.stream.model.Categorical(perfect=False)
+FINISHES = ("best", "end")
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,7 @@ class ProgressiveParams:
     max_search_bits: int = 16  # never more than 2^this candidates per chunk (beyond it samples are biased towards p)
     threads: int = 1  # torch threads for the network, recorded in the file
     max_batch: int = 64  # tiles per network call, recorded in the file
+    finish: str = "best"  # exact end from the state where x_0 costs least ("best") or from x_1 ("end"); encoder only
 
     def resolved(self, prior: Prior) -> "ProgressiveParams":
         if not 1 <= self.threads <= 255:
@@ -108,9 +109,12 @@ class ProgressiveParams:
             raise ValueError(f"max search bits must be in 10..30, got {self.max_search_bits}")
         if self.steps < 2:
             raise ValueError(f"progressive coding needs at least 2 steps, got {self.steps}")
+        if self.finish not in FINISHES:
+            raise ValueError(f"finish must be one of {', '.join(FINISHES)}, got {self.finish!r}")
         prior.schedule(self.steps, self.spacing)  # validates steps against the prior
         return ProgressiveParams(self.steps, Spacing(self.spacing), float(self.chunk_bits), float(self.merge_bits),
-                                 float(self.skip_bits), float(self.margin), int(self.max_search_bits), int(self.threads), int(self.max_batch))
+                                 float(self.skip_bits), float(self.margin), int(self.max_search_bits), int(self.threads),
+                                 int(self.max_batch), self.finish)
 
 
 @dataclass
@@ -138,6 +142,10 @@ class Target:
     def reached(self, rec: StepRecord, num_dims: int) -> bool:
         return self.psnr is not None and psnr(rec.sq_err / num_dims) >= self.psnr
 
+    @property
+    def none(self) -> bool:
+        return self.psnr is None and self.max_bytes is None
+
     def exceeded(self, file_bytes: int) -> bool:
         return self.max_bytes is not None and file_bytes > self.max_bytes
 
@@ -162,7 +170,13 @@ def _recon(x0_hat: torch.Tensor, h: int, w: int) -> np.ndarray:
 
 def encode(prior: Prior, image, params: ProgressiveParams = ProgressiveParams(), target: Target = Target(),
            progress: bool = False) -> EncodeResult:
-    """One image [C, H, W] uint8 → a progressive file (:class:`EncodeResult`); ``target`` stops it early."""
+    """One image [C, H, W] uint8 → a progressive file (:class:`EncodeResult`); ``target`` stops it early.
+
+    Without a target the file is exact: the step stream up to the visited state from which x_0 costs
+    least (coding.progressive_finish; ``params.finish = "end"`` walks to x_1), then x_0. With one,
+    the file stops at the first state that meets it, unless the exact file is smaller (``psnr``) or
+    fits (``max_bytes``).
+    """
     t_start = time.perf_counter()
     image = _check_image(prior, image)
     if prior.digest is None:
@@ -179,18 +193,19 @@ def encode(prior: Prior, image, params: ProgressiveParams = ProgressiveParams(),
     header = pf.Header(prior_digest=prior.digest, steps=K, spacing=_SPACINGS.index(params.spacing),
                        chunk_quarters=round(4 * params.chunk_bits), merge_quarters=round(4 * params.merge_bits),
                        threads=params.threads, max_batch=params.max_batch, channels=c, height=h, width=w,
-                       stop=K, total_bytes=0, cuda=device.type == "cuda")
+                       stop=0, total_bytes=0, cuda=device.type == "cuda")
     x0 = pixels_to_model(torch.from_numpy(tiles), torch.float64).flatten(1)  # [B, D]
     coder = ArithmeticEncoder()
     records: list[StepRecord] = []
     snaps: list[Snapshot] = []
-    recons: list[np.ndarray] = []  # reconstructions of the last two states
+    recons: list[np.ndarray] = []  # reconstruction of every visited state
+    exact: tuple[int, int, finishing.Finish] | None = None  # (file bytes, record index, finish) of the best exact end
     stats, kl_total, search_seconds, stop, jump = StepStats(), 0.0, 0.0, None, None
     x, k = _start(tiles.shape), K
     with pinned_threads(params.threads), tqdm(total=K, desc="encode", unit="step", disable=not progress, leave=False) as bar:
         while True:  # x = x_k
             eps, v, x0_hat = chain.network(x, k)
-            recons = (recons + [_recon(x0_hat, h, w)])[-2:]
+            recons.append(_recon(x0_hat, h, w))
             snaps.append(coder.snapshot())
             rec = StepRecord(n=K - k, timestep=int(schedule.timesteps[k - 1]), file_bytes=0,
                              stream_bits=snaps[-1].terminated_bits, kl_bits=kl_total,
@@ -198,13 +213,23 @@ def encode(prior: Prior, image, params: ProgressiveParams = ProgressiveParams(),
             stats.store(rec)
             rec.file_bytes = pf.file_bytes(pf.replace(header, stop=rec.n), rec.stream_bits)
             records.append(rec)
+            size = math.inf
+            if k == 1 or params.finish == "best":
+                fin = finishing.best(tiles, k, float(schedule.alphas_cumprod[k - 1]), x0_hat,
+                                     chain.reverse(x, eps, v, 1, 1) if k == 1 else None)
+                size = size if fin is None else pf.file_bytes(pf.replace(header, stop=rec.n, finish=fin.code),
+                                                                  rec.stream_bits + math.ceil(fin.bits) + finishing.RANGE_CODER_BITS)
+                if fin is not None and (exact is None or size < exact[0]):
+                    exact = (size, len(records) - 1, fin)
+            if target.none and exact is not None and size > WALK_ON * exact[0] + 2:
+                break  # the exact file only grows from here on (measured: it rises steadily past its minimum)
             if target.exceeded(rec.file_bytes):
                 if len(records) == 1:
                     raise ValueError(f"no file fits in {target.max_bytes} bytes (the smallest is {rec.file_bytes})")
-                stop = records[-2].n
+                stop = len(records) - 2
                 break
             if target.reached(rec, D):
-                stop = rec.n
+                stop = len(records) - 1
                 break
             if k == 1:
                 break
@@ -215,26 +240,23 @@ def encode(prior: Prior, image, params: ProgressiveParams = ProgressiveParams(),
             kl_total += stats.kl
             bar.update(jump)
             k -= jump
-        if stop is None:  # the lossless end: x_0 under P(x_0|x_1)
-            mean_p, std_p = chain.reverse(x, eps, v, 1, 1)
-            lossless, nll_bits = _encode_pixels(tiles, mean_p, std_p)
-            stream, nbits = coder.terminated(snaps[-1])
-            data = pf.pack(header, stream + lossless, image)
-            if target.exceeded(len(data)):
-                stop = records[-1].n
-            else:
-                stop = K
-                records.append(StepRecord(n=K, timestep=0, file_bytes=len(data),
-                                          stream_bits=8 * (len(stream) + len(lossless)), kl_bits=kl_total + nll_bits,
-                                          sq_err=0.0))
-            bar.update(1)
-    if stop < K:
-        final = recons[-1] if records[-1].n == stop else recons[-2]
-        records = [r for r in records if r.n <= stop]
-        data = pf.pack(pf.replace(header, stop=stop), coder.terminated(snaps[len(records) - 1])[0], final)
-        records[-1].file_bytes = len(data)
-    return EncodeResult(data=data, steps=records, num_dims=D, stop=stop, total_steps=K, seconds=time.perf_counter() - t_start,
-                        network_seconds=chain.network_seconds, search_seconds=search_seconds)
+        bar.update(bar.total - bar.n)
+    done = dict(num_dims=D, total_steps=K, network_seconds=chain.network_seconds, search_seconds=search_seconds)
+    if exact is not None and (stop is None or target.max_bytes is not None or exact[0] <= records[stop].file_bytes):
+        _, at, fin = exact
+        pixels, pixel_bits = finishing.encode_pixels(tiles, fin.mean, fin.logvar)
+        stream = coder.terminated(snaps[at])[0]
+        data = pf.pack(pf.replace(header, stop=records[at].n, finish=fin.code), stream + pixels, image)
+        if not target.exceeded(len(data)) and (stop is None or target.max_bytes is not None or len(data) <= records[stop].file_bytes):
+            records.append(StepRecord(n=K, timestep=0, file_bytes=len(data), stream_bits=8 * (len(stream) + len(pixels)),
+                                      kl_bits=records[at].kl_bits + pixel_bits, sq_err=0.0))
+            return EncodeResult(data=data, steps=records, stop=K, exact_from=records[at].n,
+                                seconds=time.perf_counter() - t_start, **done)
+    stop = len(records) - 1 if stop is None else stop
+    data = pf.pack(pf.replace(header, stop=records[stop].n), coder.terminated(snaps[stop])[0], recons[stop])
+    records[stop].file_bytes = len(data)
+    return EncodeResult(data=data, steps=records[: stop + 1], stop=records[stop].n, seconds=time.perf_counter() - t_start,
+                        **done)
 
 
 def _encode_step(chain: Chain, coder: ArithmeticEncoder, k: int, m: int, x0, x, eps, v, params: ProgressiveParams):
@@ -320,33 +342,11 @@ def _decode_step(chain: Chain, reader: ArithmeticDecoder, k: int, m: int, x, eps
     return new.view(chain.shape)
 
 
-def _encode_pixels(tiles: np.ndarray, mean_p: torch.Tensor, std_p: torch.Tensor) -> tuple[bytes, float]:
-    """x_0 of every tile with the exact discretized decoder → (bytes without trailing zero bytes, ideal bits)."""
-    probs = decoder_probs(mean_p.numpy().reshape(-1), (2.0 * torch.log(std_p)).numpy().reshape(-1))
-    symbols = tiles.reshape(-1).astype(np.int32)
-    enc = constriction.stream.queue.RangeEncoder()
-    enc.encode(symbols, _CATEGORICAL, probs)
-    p = probs[np.arange(len(symbols)), symbols] / probs.sum(axis=1)
-    return enc.get_compressed().astype("<u4").tobytes().rstrip(b"\0"), float(-np.log2(p).sum())
-
-
-def _decode_pixels(data: bytes, mean_p: torch.Tensor, std_p: torch.Tensor, shape) -> np.ndarray:
-    probs = decoder_probs(mean_p.numpy().reshape(-1), (2.0 * torch.log(std_p)).numpy().reshape(-1))
-    words = np.frombuffer(data + b"\0" * (-len(data) % 4), dtype="<u4").astype(np.uint32)
-    dec = constriction.stream.queue.RangeDecoder(words if len(words) else np.zeros(1, np.uint32))
-    return dec.decode(_CATEGORICAL, probs).astype(np.uint8).reshape(shape)
-
-
 def _check_image(prior: Prior, image) -> np.ndarray:
     image = np.array(image)  # a writable copy (torch refuses read-only arrays)
     if image.ndim != 3:
         raise ValueError(f"expected one image [C, H, W], got shape {list(image.shape)}")
-    image = as_pixels(image[None]).numpy()[0]
-    c = prior.image_shape[0]
-    if image.shape[0] != c:
-        kind = {1: "grayscale", 3: "RGB"}
-        raise ValueError(f"image is {kind.get(image.shape[0], image.shape[0])} but the prior codes {kind[c]} images")
-    return image
+    return check_images(prior, image[None])[0]
 
 
 def decode(prior: Prior, data: bytes, steps: int | None = None, keep_intermediates: bool = False,
@@ -401,15 +401,16 @@ def decode(prior: Prior, data: bytes, steps: int | None = None, keep_intermediat
                 break
             k -= jump
             bar.update(jump)
-        if k == 1 and limit == K and header.stop == K and complete:
-            mean_p, std_p = chain.reverse(x, eps, v, 1, 1)
-            pixels = _decode_pixels(body[-(-reader.end_bits() // 8):], mean_p, std_p, tiles_shape)
+        if header.finish and complete and done == header.stop and (steps is None or steps >= K):
+            fin = finishing.model(header.finish, k, float(schedule.alphas_cumprod[k - 1]), x0_hat,
+                                  chain.reverse(x, eps, v, 1, 1) if k == 1 else None)
+            pixels = finishing.decode_pixels(body[-(-reader.end_bits() // 8):], fin.mean, fin.logvar, tiles_shape)
             image, done, lossless = from_tiles(pixels, 1, header.height, header.width)[0], K, True
             if keep_intermediates:
                 intermediates.append((K, image))
             bar.update(1)
     final = image if lossless else shown
-    verified = complete and done == header.stop
+    verified = complete and (lossless or (done == header.stop and not header.finish))
     if verified and not pf.verify(data, final):
         raise ValueError("decoding desynchronized (decoded pixels fail the file's checksum); nothing written")
     if recon == "sample" and not lossless:

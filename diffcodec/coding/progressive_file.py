@@ -2,17 +2,18 @@
 
 A 28×28 file is a few hundred bytes, so every count is an unsigned LEB128 varint. Layout::
 
-    magic b"DP" (2) · format version 1 (1) · prior digest, first 4 bytes of its SHA-256 (4)
+    magic b"DP" (2) · format version 2 (1) · prior digest, first 4 bytes of its SHA-256 (4)
     varint flags: bit 0 = the default coder parameters (below), bit 1 = three channels (else one),
              bit 2 = network and candidates ran on CUDA (decodable only there; else CPU)
     varints, only when bit 0 is clear: steps K, spacing (0 even, 1 front), chunk size κ and merge
              size in quarter bits, torch threads, tiles per network call
-    varints: height H, width W, stop (reverse steps in the file; K = the exact image), total file bytes
+    varints: height H, width W, stop (reverse steps sent in the file, < K), finish (0: a lossy file; else
+             how x_0 follows the last step, coding.progressive_finish), total file bytes
     CRC-16 (CCITT) of the header bytes before it (2)
 
 (The tile size is the prior's, fixed by the digest.) A 28×28 file with default parameters spends
-19 bytes on header and checksums.
-    body: the step stream and, when stop = K, x_0's range-coded words (coding.progressive)
+20 bytes on header and checksums.
+    body: the step stream and, when finish > 0, x_0's range-coded words (coding.progressive)
     CRC-32 of every byte before it followed by the decoded pixels [C, H, W] uint8 (4)
 
 The total length in the header tells a truncated file (shorter: decode its complete steps, say it is
@@ -23,12 +24,12 @@ Round trip (a test executes this)::
 
     >>> import numpy as np
     >>> h = Header(prior_digest="ab" * 32, steps=100, spacing=1, chunk_quarters=40, merge_quarters=64, threads=1,
-    ...            max_batch=64, channels=1, height=28, width=28, stop=100, total_bytes=0)
+    ...            max_batch=64, channels=1, height=28, width=28, stop=99, total_bytes=0, finish=1)
     >>> pixels = np.zeros((1, 28, 28), np.uint8)
     >>> blob = pack(h, b"body", pixels)
     >>> h2, body, complete = unpack(blob)
     >>> (h2.steps, h2.stop, body, complete, verify(blob, pixels), len(blob))
-    (100, 100, b'body', True, True, 22)
+    (100, 99, b'body', True, True, 23)
     >>> unpack(blob[:-4])[1:]                      # a cut file: the body so far, not complete
     (b'body', False)
 """
@@ -43,16 +44,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .progressive_finish import DECODER, MAX_CODE
 from .varint import encode_varint
 
 MAGIC = b"DP"
-VERSION = 1
+VERSION = 2
 DIGEST_BYTES = 4
 MAX_DIMS = 1 << 26  # pixels × channels a file may claim (the decoder holds float64 latents of this size)
 MAX_STEPS = 100_000
 _PARAMS = ("steps", "spacing", "chunk_quarters", "merge_quarters", "threads", "max_batch")
 DEFAULT_PARAMS = (100, 1, 40, 64, 1, 64)  # what flag bit 0 stands for
-_SHAPE = ("height", "width", "stop", "total_bytes")
+_SHAPE = ("height", "width", "stop", "finish", "total_bytes")
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ class Header:
     stop: int
     total_bytes: int
     cuda: bool = False  # candidates and network on a CUDA device (their numbers differ from the CPU's)
+    finish: int = 0  # how x_0 follows step ``stop`` (coding.progressive_finish); 0: a lossy file
 
     def __post_init__(self):
         object.__setattr__(self, "prior_digest", self.prior_digest[: 2 * DIGEST_BYTES])
@@ -183,7 +186,8 @@ def _check_fields(h: Header) -> None:
         (1 <= h.max_batch <= 65535, "batch size"),
         (h.channels in (1, 3), "channels"),
         (1 <= h.height < 65536 and 1 <= h.width < 65536, "image size"),
-        (h.stop <= h.steps, "stop step"),
+        (h.stop < h.steps, "stop step"),
+        (h.finish <= MAX_CODE and (h.finish != DECODER or h.stop == h.steps - 1), "finish"),
         (h.channels * h.height * h.width <= MAX_DIMS, "image size"),
     ]
     for ok, what in checks:

@@ -42,6 +42,7 @@ class EncodeResult:
     seconds: float
     network_seconds: float
     search_seconds: float
+    exact_from: int | None = None  # an exact file: the step after which x_0 follows (coding.progressive_finish)
 
     def to_dict(self) -> dict:
         return {
@@ -49,6 +50,7 @@ class EncodeResult:
             "bits_per_dim": 8 * len(self.data) / self.num_dims,
             "stop_step": self.stop,
             "lossless": self.stop == self.total_steps,
+            "exact_from_step": self.exact_from,
             "total_steps": self.total_steps,
             "seconds": self.seconds,
             "network_seconds": self.network_seconds,
