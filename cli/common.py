@@ -14,9 +14,10 @@ import click
 prior_option = click.option(
     "--prior",
     "prior_path",
-    type=click.Path(dir_okay=False),
+    type=click.Path(),
     default=None,
-    help="Prior file (.safetensors written by diffcodec). Default: the embedded Fashion-MNIST prior.",
+    help="Prior file (.safetensors written by diffcodec) or a diffusers DDPM folder (UNet2DModel + DDPMScheduler, "
+    "safetensors, read offline). Default: the embedded Fashion-MNIST prior.",
 )
 device_option = click.option(
     "--device", default="auto", show_default=True, help="auto, cpu or cuda[:N]. Figures in the README are CPU figures."

@@ -42,11 +42,14 @@ def sample(prior_path, num, out, steps, spacing, seed, device):
 
 
 @click.command()
-@click.argument("prior_path", required=False, type=click.Path(dir_okay=False))
+@click.argument("prior_path", required=False, type=click.Path())
 @json_option
 @one_line_errors
 def info(prior_path, as_json):
-    """Show a prior's configuration, parameter count and digest (default: the embedded prior)."""
+    """Show a prior's configuration, parameter count and digest (default: the embedded prior).
+
+    PRIOR_PATH: a diffcodec prior file or a diffusers DDPM folder (what was understood of it).
+    """
     prior, _ = open_prior(prior_path, "cpu")
     record = {
         "digest": prior.digest,
@@ -58,16 +61,38 @@ def info(prior_path, as_json):
     if as_json:
         emit_json(record)
         return
-    cfg = prior.config
-    u = cfg.unet
+    c, h, w = prior.image_shape
     click.echo(f"digest      {prior.digest}")
-    click.echo(f"image       {u.image_channels}x{u.image_size}x{u.image_size}")
+    click.echo(f"image       {c}x{h}x{w}")
     click.echo(f"parameters  {record['parameters']:,}")
-    click.echo(f"schedule    {cfg.schedule.value}, T = {cfg.num_timesteps}")
-    click.echo(f"variance    {cfg.variance.value}   clip x0: {cfg.clip_x0}")
-    click.echo(
-        f"network     ch {u.base_channels}, mult {list(u.channel_mult)}, {u.num_res_blocks} res blocks, "
-        f"attention at {list(u.attention_resolutions)}, dropout {u.dropout}"
-    )
+    lines = _diffusers_lines(record["config"]) if record["config"].get("source") == "diffusers" else _native_lines(prior.config)
+    for line in lines:
+        click.echo(line)
     for key, value in prior.info.items():
         click.echo(f"{key:<11} {value}")
+
+
+def _native_lines(cfg) -> list[str]:
+    u = cfg.unet
+    return [
+        f"schedule    {cfg.schedule.value}, T = {cfg.num_timesteps}",
+        f"variance    {cfg.variance.value}   clip x0: {cfg.clip_x0}",
+        f"network     ch {u.base_channels}, mult {list(u.channel_mult)}, {u.num_res_blocks} res blocks, "
+        f"attention at {list(u.attention_resolutions)}, dropout {u.dropout}",
+    ]
+
+
+def _diffusers_lines(d: dict) -> list[str]:
+    """What diffusers_prior understood of a diffusers folder (see its module docstring for the mapping)."""
+    schedule = d["schedule"] if d["schedule"] == "squaredcos_cap_v2" else f"{d['schedule']} β {d['beta_start']:g} → {d['beta_end']:g}"
+    first = {"small": "log β̃_2", "large": "log β̃_2", "learned": "between log β̃_2 and log β_1"}[d["variance"]]
+    u = d["unet"]
+    return [
+        "source      diffusers UNet2DModel + DDPMScheduler",
+        f"schedule    {schedule}, T = {d['num_timesteps']} (float64; the UNet is fed diffusers' timestep t − 1)",
+        f"variance    {d['variance']} (diffusers {d['variance_type']}; first step {first}, as DDPM's likelihood code)"
+        f"   clip x0: {d['clip_x0']}",
+        f"prediction  {d['prediction_type']}" + ("" if d["prediction_type"] == "epsilon" else " (converted to ε in float64)"),
+        f"network     blocks {u.get('block_out_channels')}, {u.get('layers_per_block')} layers per block, "
+        f"down {u.get('down_block_types')}, up {u.get('up_block_types')}",
+    ]

@@ -1,4 +1,4 @@
-"""Prior files: one self-describing safetensors file, no pickle.
+"""Prior files: one self-describing safetensors file, no pickle (diffusers folders: ``diffusers_prior``).
 
 Layout: the network's float32 weights as safetensors tensors; the safetensors header metadata holds
 ``format`` = "diffcodec-prior", ``version``, ``config`` (PriorConfig as canonical JSON), ``digest``
@@ -86,14 +86,20 @@ def default_prior_path() -> Path:
 
 
 def load_prior(path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> Prior:
-    """Load a prior file (the embedded default when ``path`` is None), verify its digest, eval mode."""
+    """Load a prior file (the embedded default when ``path`` is None), verify its digest, eval mode.
+
+    A folder is read as a Hugging Face diffusers DDPM checkpoint (``diffusers_prior``, needs the
+    ``diffusers`` extra).
+    """
     path = default_prior_path() if path is None else Path(path)
+    if path.is_dir():
+        from .diffusers_prior import load_diffusers_prior
+
+        return load_diffusers_prior(path, device)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         raise ValueError(f"prior file not found: {path}") from None
-    except IsADirectoryError:
-        raise ValueError(f"prior path is a directory, not a file: {path}") from None
     meta = read_prior_header(data)
     try:
         state = st_load(data)
