@@ -81,6 +81,19 @@ def read_prior_header(data: bytes) -> dict:
     return meta
 
 
+def _diffusers_folder_of(path: Path) -> Path | None:
+    """The diffusers checkpoint folder that holds the file ``path`` (flat or in unet/), if any."""
+    from .diffusers_prior import find_layout
+
+    for folder in (path.parent, path.parent.parent):
+        try:
+            if path.resolve().parent == find_layout(folder).model_dir.resolve():
+                return folder
+        except (ValueError, OSError):
+            pass
+    return None
+
+
 def default_prior_path() -> Path:
     return Path(str(resources.files("diffcodec") / "priors" / DEFAULT_PRIOR_NAME))
 
@@ -100,7 +113,13 @@ def load_prior(path: str | os.PathLike | None = None, device: str | torch.device
         data = path.read_bytes()
     except FileNotFoundError:
         raise ValueError(f"prior file not found: {path}") from None
-    meta = read_prior_header(data)
+    try:
+        meta = read_prior_header(data)
+    except ValueError as err:
+        folder = _diffusers_folder_of(path)
+        if folder is not None:
+            raise ValueError(f"{path} is a file of a diffusers checkpoint; pass its folder: --prior {folder}") from None
+        raise err
     try:
         state = st_load(data)
     except (SafetensorError, Exception) as err:  # safetensors raises its own error types on bad bytes

@@ -298,8 +298,15 @@ def test_loading_never_touches_the_network(tmp_path, monkeypatch):
     assert load_prior(tmp_path).image_shape == (1, 8, 8)
 
 
-def test_nll_with_a_diffusers_prior(tmp_path):
+def test_a_weights_file_of_the_folder_points_to_the_folder(tmp_path):
+    make_folder(tmp_path)
+    one_line_error(run("info", tmp_path / "unet" / "diffusion_pytorch_model.safetensors"), f"--prior {tmp_path}")
+
+
+def test_nll_and_sample_with_a_diffusers_prior(tmp_path):
     make_folder(tmp_path / "prior", "fixed_large")
+    res = run("sample", "--prior", tmp_path / "prior", "-n", "2", "--steps", "3", "-o", tmp_path / "grid.png")
+    assert res.exit_code == 0 and (tmp_path / "grid.png").is_file(), res.output
     np.save(tmp_path / "x.npy", random_images(2, seed=6).numpy())
     res = run("nll", "--data", tmp_path / "x.npy", "--prior", tmp_path / "prior", "--estimator", "exact", "--json")
     assert res.exit_code == 0, res.output
