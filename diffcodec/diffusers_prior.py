@@ -247,6 +247,8 @@ def understand_scheduler(cfg: dict, where: Path) -> dict:
     T = int(cfg["num_train_timesteps"])
     if T < 2:
         raise refuse(f"num_train_timesteps must be >= 2, got {T}")
+    if cfg["beta_schedule"] != "squaredcos_cap_v2" and not 0 < cfg["beta_start"] <= cfg["beta_end"] <= 1:
+        raise refuse(f"beta_start {cfg['beta_start']} and beta_end {cfg['beta_end']} must satisfy 0 < start <= end <= 1")
     return cfg
 
 

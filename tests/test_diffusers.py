@@ -244,6 +244,7 @@ def test_progressive_round_trip_and_changed_folder_refused(tmp_path):
     ("scheduler", {"rescale_betas_zero_snr": True}, "rescale_betas_zero_snr"),
     ("scheduler", {"trained_betas": [0.1] * T}, "trained_betas"),
     ("scheduler", {"clip_sample_range": 2.0}, "clip_sample_range 2.0"),
+    ("scheduler", {"beta_end": 1.5}, "beta_end 1.5"),
     ("unet", {"num_class_embeds": 10}, "class-conditional"),
     ("unet", {"time_embedding_type": "fourier"}, "fourier"),
     ("unet", {"in_channels": 4, "out_channels": 4}, "in_channels 4"),
