@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from diffcodec.checkpoint import load_prior, save_prior
-from diffcodec.coding import arith, progressive, progressive_file, rcc
+from diffcodec.coding import arith, progressive, progressive_file, progressive_finish, rcc
 from diffcodec.coding.arith import ArithmeticDecoder, ArithmeticEncoder, FrequencyTable, OutOfBits
 from diffcodec.coding.progressive import ProgressiveParams, Target, decode, encode
 from diffcodec_cli.main import main
@@ -44,7 +44,7 @@ def _image(seed: int, shape=(1, 8, 8)) -> np.ndarray:
     return np.clip(base[None] + rng.normal(0, 12, (c, h, w)), 0, 255).astype(np.uint8)
 
 
-@pytest.mark.parametrize("module", [arith, rcc, progressive, progressive_file])
+@pytest.mark.parametrize("module", [arith, rcc, progressive, progressive_file, progressive_finish])
 def test_module_docstring_round_trips_run(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
@@ -303,3 +303,53 @@ def test_embedded_prior_round_trip_and_psnr_target(one_thread):
     res = decode(prior, lossy.data)
     mse = float(((res.image.astype(float) - image) ** 2).mean())
     assert res.complete and progressive.psnr(mse) >= 25.0 and len(lossy.data) < len(enc.data)
+
+
+def test_forged_header_fields_with_valid_checksums_never_give_a_wrong_image(prior):
+    """Every header byte set to other values, both checksums recomputed: a one-line ValueError, or the exact image."""
+    import binascii
+    import struct
+    import zlib
+
+    image = _image(9)
+    data = encode(prior, image, FAST).data
+    header, _, _ = progressive_file.unpack(data)
+    end = len(progressive_file._header_bytes(header))  # header with its CRC-16
+    pixels = progressive_file._pixel_bytes(image)
+    for pos in range(end - 2):
+        for value in {0, 1, 2, 0x7F, 0x80, 0xFF, data[pos] ^ 1, data[pos] ^ 0x04, data[pos] ^ 0x20}:
+            if value == data[pos]:
+                continue
+            forged = bytearray(data)
+            forged[pos] = value
+            forged[end - 2 : end] = struct.pack("<H", binascii.crc_hqx(bytes(forged[: end - 2]), 0xFFFF))
+            forged[-4:] = struct.pack("<I", zlib.crc32(pixels, zlib.crc32(bytes(forged[:-4]))))
+            try:
+                res = decode(prior, bytes(forged))
+            except ValueError as err:
+                assert "\n" not in str(err)
+                continue
+            if res.complete:  # a verified file must be the image it was made from
+                assert np.array_equal(res.image, image), (pos, value)
+
+
+def test_exact_end_comes_from_the_cheapest_state(prior):
+    """--finish best: no larger than walking to x_1 (up to the range coder's rounding), and prefixes still decode."""
+    image = _image(10, (1, 12, 12))
+    best, end = encode(prior, image, FAST), encode(prior, image, FAST_END)
+    assert best.exact_from is not None and best.exact_from <= FAST.steps - 1
+    assert len(best.data) <= len(end.data) + 4
+    assert np.array_equal(decode(prior, best.data).image, image)
+    header = progressive_file.unpack(best.data)[0]
+    assert header.stop == best.exact_from and header.finish > 0
+    shown = decode(prior, best.data, steps=best.exact_from)  # the last step before x_0: a reconstruction
+    assert not shown.lossless and not shown.complete and shown.steps_decoded == best.exact_from
+    assert decode(prior, best.data[:-5]).complete is False  # x_0's segment cut: the last complete step
+    lossy = encode(prior, image, FAST, Target(psnr=99.0))  # never reached: the exact file
+    assert lossy.data == best.data
+
+
+def test_search_threads_do_not_change_the_file(prior):
+    image = _image(11)
+    one = encode(prior, image, dataclasses.replace(FAST, search_threads=1)).data
+    assert encode(prior, image, dataclasses.replace(FAST, search_threads=2)).data == one

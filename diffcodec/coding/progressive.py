@@ -86,10 +86,11 @@ class ProgressiveParams:
     chunk_bits: float = 10.0  # κ: most KL per chunk (bits); bigger chunks cost fewer bits, exponentially more candidates
     merge_bits: float = 16.0  # noisy steps are merged until a transmission carries about this many bits
     skip_bits: float = 0.0  # a tile-step whose KL is below this is not sent: the decoder draws it from p
-    margin: float = 4.0  # candidates searched per chunk: 2^⌈KL + margin⌉ (encoder only; larger = less bias, slower)
+    margin: float = 5.0  # candidates searched per chunk: 2^(KL + margin) (encoder only; larger = less bias, slower)
     max_search_bits: int = 16  # never more than 2^this candidates per chunk (beyond it samples are biased towards p)
     threads: int = 1  # torch threads for the network, recorded in the file
     max_batch: int = 64  # tiles per network call, recorded in the file
+    search_threads: int = 2  # threads scoring candidates (encoder only: the file does not depend on it)
     finish: str = "best"  # exact end from the state where x_0 costs least ("best") or from x_1 ("end"); encoder only
 
     def resolved(self, prior: Prior) -> "ProgressiveParams":
@@ -109,12 +110,14 @@ class ProgressiveParams:
             raise ValueError(f"max search bits must be in 10..30, got {self.max_search_bits}")
         if self.steps < 2:
             raise ValueError(f"progressive coding needs at least 2 steps, got {self.steps}")
+        if not 1 <= self.search_threads <= 64:
+            raise ValueError(f"search threads must be in 1..64, got {self.search_threads}")
         if self.finish not in FINISHES:
             raise ValueError(f"finish must be one of {', '.join(FINISHES)}, got {self.finish!r}")
         prior.schedule(self.steps, self.spacing)  # validates steps against the prior
         return ProgressiveParams(self.steps, Spacing(self.spacing), float(self.chunk_bits), float(self.merge_bits),
                                  float(self.skip_bits), float(self.margin), int(self.max_search_bits), int(self.threads),
-                                 int(self.max_batch), self.finish)
+                                 int(self.max_batch), int(self.search_threads), self.finish)
 
 
 @dataclass
@@ -286,7 +289,7 @@ def _encode_step(chain: Chain, coder: ArithmeticEncoder, k: int, m: int, x0, x, 
             a, bb = (t.to(chain.device) for t in log_weight_coefs(mq, sd_q, mp, sp))  # candidates on the chain's device
             private = torch.Generator().manual_seed(seed_of(0xE11C, b, k, ci))
             pick = select(a, bb, _chunk_seed(b, k, ci), kl, params.margin, private, block_size(kappa),
-                          params.max_search_bits)
+                          params.max_search_bits, params.search_threads)
             write_index(coder, chain.octaves.table(kappa), pick.index)
             chain.octaves.update(kappa, pick.index)
             xs = mp + sp * pick.eps.cpu().double()

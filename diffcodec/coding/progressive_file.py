@@ -4,15 +4,15 @@ A 28×28 file is a few hundred bytes, so every count is an unsigned LEB128 varin
 
     magic b"DP" (2) · format version 2 (1) · prior digest, first 4 bytes of its SHA-256 (4)
     varint flags: bit 0 = the default coder parameters (below), bit 1 = three channels (else one),
-             bit 2 = network and candidates ran on CUDA (decodable only there; else CPU)
+             bits 2-6 = finish (0: a lossy file; else how x_0 follows the last step, coding.progressive_finish),
+             bit 7 = network and candidates ran on CUDA (decodable only there; else CPU)
     varints, only when bit 0 is clear: steps K, spacing (0 even, 1 front), chunk size κ and merge
              size in quarter bits, torch threads, tiles per network call
-    varints: height H, width W, stop (reverse steps sent in the file, < K), finish (0: a lossy file; else
-             how x_0 follows the last step, coding.progressive_finish), total file bytes
+    varints: height H, width W, stop (reverse steps sent in the file, < K), total file bytes
     CRC-16 (CCITT) of the header bytes before it (2)
 
 (The tile size is the prior's, fixed by the digest.) A 28×28 file with default parameters spends
-20 bytes on header and checksums.
+19 bytes on header and checksums.
     body: the step stream and, when finish > 0, x_0's range-coded words (coding.progressive)
     CRC-32 of every byte before it followed by the decoded pixels [C, H, W] uint8 (4)
 
@@ -29,7 +29,7 @@ Round trip (a test executes this)::
     >>> blob = pack(h, b"body", pixels)
     >>> h2, body, complete = unpack(blob)
     >>> (h2.steps, h2.stop, body, complete, verify(blob, pixels), len(blob))
-    (100, 99, b'body', True, True, 23)
+    (100, 99, b'body', True, True, 22)
     >>> unpack(blob[:-4])[1:]                      # a cut file: the body so far, not complete
     (b'body', False)
 """
@@ -54,7 +54,7 @@ MAX_DIMS = 1 << 26  # pixels × channels a file may claim (the decoder holds flo
 MAX_STEPS = 100_000
 _PARAMS = ("steps", "spacing", "chunk_quarters", "merge_quarters", "threads", "max_batch")
 DEFAULT_PARAMS = (100, 1, 40, 64, 1, 64)  # what flag bit 0 stands for
-_SHAPE = ("height", "width", "stop", "finish", "total_bytes")
+_SHAPE = ("height", "width", "stop", "total_bytes")
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ def replace(header: Header, **changes) -> Header:
 
 def _header_bytes(h: Header) -> bytes:
     params = tuple(getattr(h, f) for f in _PARAMS)
-    flags = (params == DEFAULT_PARAMS) | (2 if h.channels == 3 else 0) | (4 if h.cuda else 0)
+    flags = (params == DEFAULT_PARAMS) | (2 if h.channels == 3 else 0) | (h.finish << 2) | (128 if h.cuda else 0)
     out = MAGIC + bytes([VERSION]) + bytes.fromhex(h.prior_digest)[:DIGEST_BYTES] + encode_varint(flags)
     if not flags & 1:
         out += b"".join(encode_varint(v) for v in params)
@@ -145,13 +145,14 @@ def unpack(blob: bytes) -> tuple[Header, bytes, bool]:
         for f in ([] if flags & 1 else list(_PARAMS)) + list(_SHAPE):
             values[f], pos = _readencode_varint(blob, pos)
         values["channels"] = 3 if flags & 2 else 1
-        values["cuda"] = bool(flags & 4)
+        values["finish"] = (flags >> 2) & 31
+        values["cuda"] = bool(flags & 128)
         (crc,) = struct.unpack_from("<H", blob, pos)
     except (IndexError, struct.error):
         raise ValueError(f"progressive file is truncated inside its header ({len(blob)} bytes)") from None
     if crc != binascii.crc_hqx(blob[:pos], 0xFFFF):
         raise ValueError("progressive file is corrupted (header checksum mismatch)")
-    if flags >> 3:
+    if flags >> 8:
         raise ValueError("progressive file is corrupted (unknown header flags)")
     header = Header(prior_digest=blob[m + 1 : m + 1 + DIGEST_BYTES].hex(), **values)
     _check_fields(header)

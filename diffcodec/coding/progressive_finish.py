@@ -74,18 +74,18 @@ def model(code: int, k: int, alpha_bar: float, x0_hat: torch.Tensor, decoder=Non
 
 def best(tiles: np.ndarray, k: int, alpha_bar: float, x0_hat: torch.Tensor, decoder=None) -> Finish | None:
     """The cheapest finish from x_k for these tiles [B, C, t, t] uint8 (ideal bits, exact masses); None if none applies."""
-    x0 = pixels_to_model(torch.from_numpy(tiles), torch.float64).flatten(1)
+    x0 = pixels_to_model(torch.from_numpy(tiles), torch.float64).reshape(1, -1)  # [1, B·D]
     codes = list(range(DIRECT, MAX_CODE + 1)) if alpha_bar >= MIN_ALPHA_BAR else []
     codes += [DECODER] if decoder is not None and k == 1 else []
-    out = None
-    for code in codes:
-        f = model(code, k, alpha_bar, x0_hat, decoder)
-        mean = torch.from_numpy(snap(f.mean.numpy()))
-        log_scale = torch.from_numpy(snap(0.5 * f.logvar.numpy()))
-        f.bits = float(-discretized_gaussian_log_likelihood(x0, mean, log_scale).sum()) / math.log(2.0)
-        if out is None or f.bits < out.bits:
-            out = f
-    return out
+    if not codes:
+        return None
+    fins = [model(code, k, alpha_bar, x0_hat, decoder) for code in codes]
+    mean = torch.from_numpy(snap(torch.stack([f.mean.reshape(-1) for f in fins]).numpy()))  # [codes, B·D]
+    log_scale = torch.from_numpy(snap(0.5 * torch.stack([f.logvar.reshape(-1) for f in fins]).numpy()))
+    bits = -discretized_gaussian_log_likelihood(x0.expand_as(mean), mean, log_scale).sum(1) / math.log(2.0)
+    pick = int(torch.argmin(bits))
+    fins[pick].bits = float(bits[pick])
+    return fins[pick]
 
 
 def encode_pixels(tiles: np.ndarray, mean: torch.Tensor, logvar: torch.Tensor) -> tuple[bytes, float]:

@@ -9,7 +9,7 @@ T_i = E_1 + … + E_i with E_j ~ Exp(1) private to the encoder, and
     i* = argmax_i  log w_i − log T_i,        w_i = q(x_i)/p(x_i).
 
 Searched over all i, x_{i*} is an exact sample of q and i* costs about KL + log(KL + 1) + O(1) bits.
-The search here stops after N = 2^⌈KL + margin⌉ candidates (the encoder knows the KL; the decoder
+The search here stops after N = 2^(KL + margin) candidates (the encoder knows the KL; the decoder
 does not need N), so the sample is biased towards p by an amount that falls as the margin grows;
 the codec measures and reports it (see bench/progressive.py). For Gaussians,
 log w(ε) = Σ_j a_j ε_j² + b_j ε_j + c with
@@ -48,6 +48,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -108,32 +109,69 @@ def candidate(seed: int, index: int, d: int, size: int, device="cpu") -> torch.T
 class Selection:
     index: int  # 1-based
     eps: torch.Tensor  # [d] float32, the chosen candidate's noise
-    searched: int  # candidates drawn
+    searched: int  # candidates drawn and scored (the search stops early once none can win)
 
 
 def search_size(kl: float, margin: float, max_bits: int, size: int) -> int:
-    """N = 2^⌈KL + margin⌉ candidates (at most 2^max_bits), rounded up to whole blocks of ``size``."""
-    n = 1 << min(max(math.ceil(kl + margin), 0), max_bits)
+    """N = 2^(KL + margin) candidates (at least 1, at most 2^max_bits), rounded up to whole blocks of ``size``."""
+    n = math.ceil(2.0 ** min(max(kl + margin, 0.0), max_bits))
     return -(-n // size) * size
 
 
 @torch.no_grad()
 def select(a: torch.Tensor, b: torch.Tensor, seed: int, kl_bits: float, margin: float, private: torch.Generator,
-           size: int, max_bits: int = 20) -> Selection:
-    """Truncated PFR over N = search_size(…) candidates of one chunk ([d] coefficients), blocks of ``size``."""
+           size: int, max_bits: int = 20, workers: int = 1) -> Selection:
+    """Truncated PFR over N = search_size(…) candidates of one chunk ([d] coefficients), blocks of ``size``.
+
+    With ``workers`` > 1 the blocks are split into that many contiguous runs scored on as many threads
+    (torch releases the GIL): the same candidates and the same choice, the first of equal scores.
+    """
     device = a.device
     d = a.numel()
     a32, b32 = a.float().view(d, 1), b.float().view(d, 1)
     n = search_size(kl_bits, margin, max_bits, size)
-    arrivals = torch.empty(n, dtype=torch.float64).exponential_(generator=private).cumsum(0).log().to(device)
-    best, best_index, best_eps = -math.inf, 0, None
-    for blk in range(n // size):
-        eps = _block(seed, blk, size, d, device)
-        score = ((eps * eps) @ a32 + eps @ b32).view(-1).double() - arrivals[blk * size : (blk + 1) * size]
-        value, row = torch.max(score, 0)
-        if float(value) > best:
-            best, best_index, best_eps = float(value), blk * size + int(row) + 1, eps[int(row)].clone()
-    return Selection(index=best_index, eps=best_eps, searched=n)
+    arrivals = torch.empty(n, dtype=torch.float64).exponential_(generator=private).cumsum(0).log()
+    first = arrivals[::size].tolist()  # log T at the start of each block
+    arrivals = arrivals.to(device)
+    ceiling = weight_ceiling(a, b)
+
+    def run(blocks: range) -> tuple[float, int, torch.Tensor | None, int]:
+        best, best_index, best_eps, drawn = -math.inf, 0, None, 0
+        for blk in blocks:
+            if first[blk] > ceiling - best:
+                break  # no later candidate can win: its log w is at most the ceiling
+            drawn += size
+            eps = _block(seed, blk, size, d, device)
+            score = ((eps * eps) @ a32 + eps @ b32).view(-1).double() - arrivals[blk * size : (blk + 1) * size]
+            value, row = torch.max(score, 0)
+            if float(value) > best:
+                best, best_index, best_eps = float(value), blk * size + int(row) + 1, eps[int(row)].clone()
+        return best, best_index, best_eps, drawn
+
+    blocks = n // size
+    parts = min(workers, blocks)
+    if parts <= 1:
+        results = [run(range(blocks))]
+    else:
+        cuts = [blocks * i // parts for i in range(parts + 1)]
+        results = list(_pool(parts).map(run, [range(cuts[i], cuts[i + 1]) for i in range(parts)]))
+    best, index, eps, _ = max(results, key=lambda r: (r[0], -r[1]))
+    return Selection(index=index, eps=eps, searched=sum(r[3] for r in results))
+
+
+def weight_ceiling(a: torch.Tensor, b: torch.Tensor) -> float:
+    """sup over ε of Σ a ε² + b ε (the search's log w up to a constant): Σ −b²/(4a) when every a < 0, else ∞.
+
+    a < 0 wherever σ_q < σ_p, which holds for reverse variances at least β̃; PFR may stop once a
+    candidate's log arrival time exceeds this ceiling minus the best score so far (Li & El Gamal)."""
+    if not bool((a < 0).all()):
+        return math.inf
+    return float((-b * b / (4.0 * a)).sum())
+
+
+@functools.lru_cache(maxsize=4)
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="diffcodec-rcc")
 
 
 def write_index(enc: ArithmeticEncoder, table: FrequencyTable, index: int) -> None:
