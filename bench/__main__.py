@@ -13,6 +13,9 @@ Stages (``all`` runs them in this order; later stages reuse what earlier ones wr
   strip     one image at growing sizes: diffcodec slot beside WebP and JPEG XL → strip.{json,png}
   timing    encode/decode, compress/decompress, nll beside the network passes alone (the floor), one
             thread, best of 3 rounds → timing.{json,png} (10 images; --quick 3)
+  engines   the network's forward pass through each engine (float32, bf16 autocast, channels-last,
+            torch.compile, ONNX Runtime, OpenVINO) at batch 1, 8, 64: speed-up, max |Δε|, bits/dim
+            change on 32 images → engines.{json,png} (issue #12; about 10 minutes)
 
 Examples:
 
@@ -30,8 +33,8 @@ from pathlib import Path
 from .context import Context
 from .provenance import RESULTS
 
-STAGES = ("classic", "ideal", "progressive", "rd", "lossless", "terms", "strip", "timing")
-MODULES = {"classic": "classic", "ideal": "ideal", "progressive": "progressive", "rd": "rd", "lossless": "lossless_table", "terms": "timestep_terms", "strip": "strip", "timing": "timing"}
+STAGES = ("classic", "ideal", "progressive", "rd", "lossless", "terms", "strip", "timing", "engines")
+MODULES = {"classic": "classic", "ideal": "ideal", "progressive": "progressive", "rd": "rd", "lossless": "lossless_table", "terms": "timestep_terms", "strip": "strip", "timing": "timing", "engines": "engines"}
 QUICK_NUM = 100
 
 
