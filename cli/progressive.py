@@ -30,7 +30,7 @@ _TABLE_ROWS = 12  # steps shown in the text report (--json has all of them)
               help="Like --bytes, as bits per pixel and channel of the image.")
 @click.option("--chunk-bits", type=float, default=10.0, show_default=True,
               help="Most KL per chunk (bits): larger costs fewer bits and 2x the search per extra bit.")
-@click.option("--margin", type=float, default=5.0, show_default=True,
+@click.option("--margin", type=float, default=5.25, show_default=True,
               help="Candidates searched per chunk: 2^(KL + margin). Larger: samples closer to q, slower.")
 @click.option("--merge-bits", type=float, default=16.0, show_default=True,
               help="Merge the noisiest steps until one transmission carries about this many bits (0: never).")

@@ -73,7 +73,7 @@ from .progressive_records import EncodeResult, StepRecord, StepStats, fidelity_s
 from .progressive_steps import LEVEL_MAX, LEVEL_MIN, LEVEL_SPAN, SKIP, Chain, kl_level
 from .rcc import block_size, candidate, kl_nats_per_dim, log_weight_coefs, read_index, seed_of, select, write_index
 
-WALK_ON = 1.04  # without a target, the encoder walks on until the exact file would be this much above its best
+WALK_ON = 1.02  # without a target, the encoder walks on until the exact file would be this much above its best
 FREE_BITS = 0.1  # x_K is drawn from p without bits when KL(q(x_K|x_0) ‖ N(0, I)) is provably below this
 _SPACINGS = [Spacing.EVEN, Spacing.FRONT]
 FINISHES = ("best", "end")
@@ -86,7 +86,7 @@ class ProgressiveParams:
     chunk_bits: float = 10.0  # κ: most KL per chunk (bits); bigger chunks cost fewer bits, exponentially more candidates
     merge_bits: float = 16.0  # noisy steps are merged until a transmission carries about this many bits
     skip_bits: float = 0.0  # a tile-step whose KL is below this is not sent: the decoder draws it from p
-    margin: float = 5.0  # candidates searched per chunk: 2^(KL + margin) (encoder only; larger = less bias, slower)
+    margin: float = 5.25  # candidates searched per chunk: 2^(KL + margin) (encoder only; larger = less bias, slower)
     max_search_bits: int = 16  # never more than 2^this candidates per chunk (beyond it samples are biased towards p)
     threads: int = 1  # torch threads for the network, recorded in the file
     max_batch: int = 64  # tiles per network call, recorded in the file

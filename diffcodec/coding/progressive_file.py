@@ -2,7 +2,7 @@
 
 A 28×28 file is a few hundred bytes, so every count is an unsigned LEB128 varint. Layout::
 
-    magic b"DP" (2) · format version 2 (1) · prior digest, first 4 bytes of its SHA-256 (4)
+    magic b"DP" (2) · format version 2 (1) · prior digest, first 2 bytes of its SHA-256 (2)
     varint flags: bit 0 = the default coder parameters (below), bit 1 = three channels (else one),
              bits 2-6 = finish (0: a lossy file; else how x_0 follows the last step, coding.progressive_finish),
              bit 7 = network and candidates ran on CUDA (decodable only there; else CPU)
@@ -12,7 +12,7 @@ A 28×28 file is a few hundred bytes, so every count is an unsigned LEB128 varin
     CRC-16 (CCITT) of the header bytes before it (2)
 
 (The tile size is the prior's, fixed by the digest.) A 28×28 file with default parameters spends
-19 bytes on header and checksums.
+17 bytes on header and checksums.
     body: the step stream and, when finish > 0, x_0's range-coded words (coding.progressive)
     CRC-32 of every byte before it followed by the decoded pixels [C, H, W] uint8 (4)
 
@@ -29,7 +29,7 @@ Round trip (a test executes this)::
     >>> blob = pack(h, b"body", pixels)
     >>> h2, body, complete = unpack(blob)
     >>> (h2.steps, h2.stop, body, complete, verify(blob, pixels), len(blob))
-    (100, 99, b'body', True, True, 22)
+    (100, 99, b'body', True, True, 20)
     >>> unpack(blob[:-4])[1:]                      # a cut file: the body so far, not complete
     (b'body', False)
 """
@@ -49,7 +49,7 @@ from .varint import encode_varint
 
 MAGIC = b"DP"
 VERSION = 2
-DIGEST_BYTES = 4
+DIGEST_BYTES = 2  # another prior passes with odds 2^-16; a complete file is still caught by the pixel CRC
 MAX_DIMS = 1 << 26  # pixels × channels a file may claim (the decoder holds float64 latents of this size)
 MAX_STEPS = 100_000
 _PARAMS = ("steps", "spacing", "chunk_quarters", "merge_quarters", "threads", "max_batch")
