@@ -112,7 +112,7 @@ def _plan_paths(out: str | None, names: list[str]) -> list[Path]:
 
 
 def _report(rec: dict, dims: int) -> None:
-    steps = rec["steps"]
+    steps = [s for s in rec["steps"] if s["in_file"]]  # --json also has the states walked past the exact end
     last = steps[-1]
     kind = (f"lossless, exact pixels after step {rec['exact_from_step']}" if rec["lossless"]
             else f"lossy, stopped after {last['n']} of {rec['total_steps']} steps")
@@ -125,6 +125,10 @@ def _report(rec: dict, dims: int) -> None:
         shown = "exact" if s["psnr"] is None else f"{s['psnr']:.2f}"
         click.echo(f"  {s['n']:5d}  {s['t']:5d}   {s['file_bytes']:12,d}   {s['bits_per_dim']:8.3f}   "
                    f"{s['kl_bits'] / dims:11.3f}   {shown:>8}")
+    walked = [s["n"] for s in rec["steps"] if not s["in_file"]]
+    if walked:
+        click.echo(f"  (steps {walked[0]}-{walked[-1]} were walked to find the cheapest exact end; "
+                   f"--psnr or --bytes files can stop there)")
     fid = rec.get("fidelity_slope")
     if fid is not None:
         click.echo(f"  samples vs q: slope {fid:.3f}, z mean {rec['fidelity_z_mean']:+.3f}, z variance {rec['fidelity_z_var']:.3f}")

@@ -55,8 +55,16 @@ class EncodeResult:
             "seconds": self.seconds,
             "network_seconds": self.network_seconds,
             "search_seconds": self.search_seconds,
-            "steps": [step_dict(s, self.num_dims) for s in self.steps],
+            "steps": [{**step_dict(s, self.num_dims), "in_file": self.in_file(s)} for s in self.steps],
         }
+
+    def in_file(self, s: StepRecord) -> bool:
+        """Whether a prefix of this file decodes to that state (an exact file: the steps up to ``exact_from``, and x_0).
+
+        The encoder walks past ``exact_from`` to find the cheapest exact end; those later states are what
+        a lossy file stopped there (--psnr/--bytes) would show, not prefixes of this one."""
+        last = self.stop if self.exact_from is None else self.exact_from
+        return s.n <= last or s.n == self.total_steps == self.stop
 
     def fidelity(self) -> dict:
         """The sent samples against q, pooled over steps in units of σ_q (each step weighted by its information)."""
