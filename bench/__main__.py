@@ -1,6 +1,6 @@
 """``python -m bench STAGE… [options]``: the figures of bench/, each stage writing JSON + PNG.
 
-Stages (``all`` runs them in this order; later stages reuse what earlier ones wrote):
+Stages (``all`` runs them in this order, all but ``engines``; later stages reuse what earlier ones wrote):
 
   classic   JPEG, WebP, JPEG XL, AVIF lossy sweeps, one file per image → classic_lossy.{json,png}
   ideal     ideal diffcodec curve, per-image KL rate and x̂_0 PSNR → ideal_rd.json (network; cached)
@@ -15,7 +15,8 @@ Stages (``all`` runs them in this order; later stages reuse what earlier ones wr
             thread, best of 3 rounds → timing.{json,png} (10 images; --quick 3)
   engines   the network's forward pass through each engine (float32, bf16 autocast, channels-last,
             torch.compile, ONNX Runtime, OpenVINO) at batch 1, 8, 64: speed-up, max |Δε|, bits/dim
-            change on 32 images → engines.{json,png} (issue #12; about 10 minutes)
+            change on 32 images → engines.{json,png} (issue #12; about 10 minutes, compiles; only
+            when named)
 
 Examples:
 
@@ -33,7 +34,8 @@ from pathlib import Path
 from .context import Context
 from .provenance import RESULTS
 
-STAGES = ("classic", "ideal", "progressive", "rd", "lossless", "terms", "strip", "timing", "engines")
+STAGES = ("classic", "ideal", "progressive", "rd", "lossless", "terms", "strip", "timing")
+ON_REQUEST = ("engines",)  # machine benchmarks that compile and take minutes whatever --quick says: not in ``all``
 MODULES = {"classic": "classic", "ideal": "ideal", "progressive": "progressive", "rd": "rd", "lossless": "lossless_table", "terms": "timestep_terms", "strip": "strip", "timing": "timing", "engines": "engines"}
 QUICK_NUM = 100
 
@@ -46,7 +48,8 @@ def run_stage(name: str, ctx: Context) -> dict:
 
 def parse(argv=None) -> tuple[list[str], Context]:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stages", nargs="+", choices=(*STAGES, "all"), metavar="STAGE", help=f"one or more of {', '.join(STAGES)}, or all")
+    ap.add_argument("stages", nargs="+", choices=(*STAGES, *ON_REQUEST, "all"), metavar="STAGE",
+                    help=f"one or more of {', '.join(STAGES + ON_REQUEST)}, or all (all but {', '.join(ON_REQUEST)})")
     ap.add_argument("--quick", action="store_true", help=f"a small look: {QUICK_NUM} images (unless --num), coarse quality sweeps")
     ap.add_argument("--num", type=int, default=None, help="the first N images of --data (default 1000, --quick 100)")
     ap.add_argument("--out", type=Path, default=RESULTS, help="results folder (default bench/results/)")
