@@ -19,8 +19,8 @@ thread (as every command runs the network: the coders pin one, nll runs one per 
 Engines: the torch ones of :class:`diffcodec.engines.Engine` (float32 eager, bf16 autocast,
 channels-last, both, torch.compile with inductor in float32 and under bf16 autocast: the first
 call at each batch is timed, minus a steady call, as its compile time, from an empty inductor
-cache), ONNX Runtime (the legacy TorchScript ONNX export, CPU provider, one intra-op thread) and
-OpenVINO (``openvino.convert_model`` of the torch network, one static-shape model per batch, one
+cache), ONNX Runtime (:class:`diffcodec.engines.OnnxRuntimeNet`: the TorchScript ONNX export, CPU
+provider, one intra-op thread) and OpenVINO (``openvino.convert_model`` of the torch network, one static-shape model per batch, one
 inference thread; ``f32`` and ``bf16`` inference precision: OpenVINO's default on CPUs with bf16
 units is bf16). An engine that cannot be built or run here is recorded with a one-line reason.
 
@@ -43,14 +43,14 @@ import torch
 from torch import nn
 
 from diffcodec.diffusion import pixels_to_model, q_sample
-from diffcodec.engines import Engine, EngineNet, with_net
+from diffcodec.engines import Engine, EngineNet, OnnxRuntimeNet, with_net
 from diffcodec.schedule import Spacing
 from diffcodec.terms import compute_terms
 
 from .plotting import pyplot
 
 REFERENCE = "float32"
-ENGINES = (*(e.value for e in Engine), "onnxruntime", "openvino", "openvino-bf16")
+ENGINES = (*(e.value for e in Engine if e is not Engine.AUTO), "openvino", "openvino-bf16")
 BATCHES = (1, 8, 64)
 ROUNDS, QUICK_ROUNDS = 5, 2
 SECONDS, QUICK_SECONDS = 1.0, 0.3
@@ -81,19 +81,6 @@ class ExternalNet(nn.Module):
         return torch.from_numpy(np.array(out, dtype=np.float32, copy=True))
 
 
-def onnxruntime_net(net: nn.Module, x: torch.Tensor, t: torch.Tensor, folder: Path) -> nn.Module:
-    import onnxruntime as ort
-
-    path = folder / "net.onnx"
-    torch.onnx.export(net, (x, t), str(path), dynamo=False, opset_version=17, input_names=["x", "t"],
-                      output_names=["out"], dynamic_axes={"x": {0: "n"}, "t": {0: "n"}, "out": {0: "n"}})
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = opts.inter_op_num_threads = THREADS
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    return ExternalNet(net, lambda xs, ts: session.run(None, {"x": xs, "t": ts})[0])
-
-
 def openvino_net(net: nn.Module, x: torch.Tensor, t: torch.Tensor, precision: str) -> nn.Module:
     """One static-shape compiled model per batch size, built at the first call with that size."""
     import openvino as ov
@@ -113,11 +100,11 @@ def openvino_net(net: nn.Module, x: torch.Tensor, t: torch.Tensor, precision: st
     return ExternalNet(net, call)
 
 
-def build(name: str, net: nn.Module, x: torch.Tensor, t: torch.Tensor, folder: Path) -> nn.Module:
+def build(name: str, net: nn.Module, x: torch.Tensor, t: torch.Tensor) -> nn.Module:
     """The engine ``name`` around ``net``; Unavailable with a one-line reason if it fails here."""
     try:
-        if name == "onnxruntime":
-            return onnxruntime_net(net, x, t, folder)
+        if name == Engine.ONNXRUNTIME.value:
+            return OnnxRuntimeNet(net, tuple(x.shape[1:]))
         if name.startswith("openvino"):
             return openvino_net(net, x, t, "bf16" if name.endswith("bf16") else "f32")
         return net if name == REFERENCE else EngineNet(net, Engine(name))
@@ -188,13 +175,13 @@ def bits_per_dim(prior, net: nn.Module, images: np.ndarray, schedule) -> dict:
 
 @contextlib.contextmanager
 def fresh_inductor_cache():
-    """An empty inductor cache for the block (compile times from scratch); its folder also holds the
-    ONNX file. The caller's TORCHINDUCTOR_CACHE_DIR is restored after."""
+    """An empty inductor cache for the block (compile times from scratch); the caller's
+    TORCHINDUCTOR_CACHE_DIR is restored after."""
     old = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     with tempfile.TemporaryDirectory(prefix="bench-engines-") as folder:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
         try:
-            yield Path(folder)
+            yield
         finally:
             if old is None:
                 os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
@@ -202,7 +189,7 @@ def fresh_inductor_cache():
                 os.environ["TORCHINDUCTOR_CACHE_DIR"] = old
 
 
-def setup(name: str, prior, inputs: dict, reference: dict, folder: Path, compile_spent: float):
+def setup(name: str, prior, inputs: dict, reference: dict, compile_spent: float):
     """Build engine ``name``, warm it up at every batch, compare its outputs. → (runner or None, record)."""
     compiled = name in (Engine.COMPILE.value, Engine.COMPILE_BF16.value)
     if compiled and compile_spent > COMPILE_BUDGET_S:
@@ -210,7 +197,7 @@ def setup(name: str, prior, inputs: dict, reference: dict, folder: Path, compile
     x, t = inputs[max(inputs)]
     t0 = time.perf_counter()
     try:
-        run = build(name, prior.net, x, t, folder)
+        run = build(name, prior.net, x, t)
         build_s = time.perf_counter() - t0
         with torch.inference_mode():
             first = warm_up(run, inputs)
@@ -297,12 +284,12 @@ def measure(ctx, engines, batches, rounds: int, seconds: float, bpd_images: int)
     records, runners, bpd, spent = {}, {}, {}, 0.0
     # every compiled engine compiles EngineNet._eager once per batch size, and dynamo counts graphs per
     # function: above its default limit of 8 it would run the rest eagerly, unannounced
-    with pinned_threads(THREADS), fresh_inductor_cache() as folder, torch._dynamo.config.patch(recompile_limit=64):
+    with pinned_threads(THREADS), fresh_inductor_cache(), torch._dynamo.config.patch(recompile_limit=64):
         with torch.inference_mode():
             reference = {b: prior.net(*inputs[b]).float() for b in batches}
         for name in engines:
             t0 = time.perf_counter()
-            run, records[name] = setup(name, prior, inputs, reference, folder, spent)
+            run, records[name] = setup(name, prior, inputs, reference, spent)
             if "compile_seconds" in records[name]:
                 spent += time.perf_counter() - t0
             ctx.log(f"  {name}: " + (records[name].get("unavailable") or f"ready in {time.perf_counter() - t0:.1f} s, "

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from diffcodec.defaults import (CODEC_SPACING, DEFAULT_BATCH, DEFAULT_PAIRS_PER_CALL, DEFAULT_SAMPLES, MC_SAVING,
-                                Estimator)
+from diffcodec.defaults import (AUTO_ENGINE, CODEC_SPACING, DEFAULT_BATCH, DEFAULT_PAIRS_PER_CALL, DEFAULT_SAMPLES,
+                                MC_SAVING, Engine, Estimator)
 from diffcodec.schedule import Spacing
 
 from .common import device_option, emit_json, json_option, one_line_errors, open_prior, prior_option, steps_option
@@ -48,33 +48,45 @@ TABLE_ROWS = 16
               help="Image groups evaluated in parallel on CPU. Default: torch's thread count.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @device_option
+@click.option(
+    "--engine",
+    type=click.Choice([e.value for e in Engine]),
+    default=Engine.AUTO.value,
+    show_default=True,
+    help="How the network runs. auto: " + ", ".join(f"{e.value} on {d}" for d, e in AUTO_ENGINE.items())
+    + " (README, Engines: the fastest measured engine whose bits/dim change stays under 0.2 %); float32: "
+    "the reference, exactly what compress and encode compute.",
+)
 @json_option
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write terms per step and the rate–distortion curve (PNG).")
 @one_line_errors
-def nll(prior_path, data_spec, steps, spacing, estimator, samples, limit, batch, pairs, workers, seed, device, as_json, plot):
+def nll(prior_path, data_spec, steps, spacing, estimator, samples, limit, batch, pairs, workers, seed, device, engine,
+        as_json, plot):
     """Bits/dim of the variational bound on a data set, per step (DDPM Table 4) and in total."""
     from diffcodec.data import load_images
     from diffcodec.files import check_output_file
+    from diffcodec.engines import resolve_engine
     from diffcodec.likelihood import evaluate_nll, evaluations_per_image, plot_likelihood, resolve_estimator
 
     if plot:
         check_output_file(plot)
-    prior, _ = open_prior(prior_path, device)
+    prior, dev = open_prior(prior_path, device)
+    engine_used = resolve_engine(engine, dev)
     data = load_images(data_spec, prior.image_shape[0], prior.image_shape[1:]).subset(limit)
     schedule = prior.schedule(steps, spacing)
     used = resolve_estimator(estimator, schedule.num_steps, samples)
     evals = len(data) * evaluations_per_image(used, schedule.num_steps, samples)
     click.echo(f"nll: {len(data):,} images, {schedule.num_steps} steps, {describe(used, samples, estimator)}: "
-               f"{evals:,} network evaluations", err=True)
+               f"{evals:,} network evaluations, engine {engine_used.value}", err=True)
     result = evaluate_nll(
         prior, data.images, schedule, estimator=used, samples=samples, batch=batch, pairs_per_call=pairs,
-        workers=workers, seed=seed, progress=True,
+        workers=workers, seed=seed, progress=True, engine=engine_used,
     )
     if plot:
         plot_likelihood(result, plot)
     if as_json:
         emit_json({"data": data_spec, "spacing": spacing if schedule.num_steps < schedule.T else None,
-                   "estimator_requested": estimator, **result.to_dict()})
+                   "estimator_requested": estimator, "engine_requested": engine, **result.to_dict()})
         return
     print_summary(result, data_spec, schedule.T, estimator)
     if plot:
@@ -98,6 +110,7 @@ def print_summary(r: Likelihood, data_spec: str, T: int, requested: str = Estima
     click.echo(f"prior     {r.prior_digest or '(unsaved)'}")
     click.echo(f"data      {data_spec}: {r.num_images} images, {r.num_steps} of T = {T} steps")
     click.echo(f"estimator {describe(r.estimator, r.samples, requested)}")
+    click.echo(f"engine    {r.engine.value}")
     click.echo(f"total     {r.total_bpd:.4f} bits/dim{spread}")
     if r.estimator is Estimator.MC and not math.isnan(r.mc_stderr_bpd):
         click.echo(f"          of which step sampling ± {r.mc_stderr_bpd:.4f} (conservative)")

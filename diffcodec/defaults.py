@@ -34,3 +34,35 @@ class Estimator(str, enum.Enum):
 
 
 MC_SAVING = 4
+
+
+class Engine(str, enum.Enum):
+    """How the network's forward pass runs (diffcodec.engines); AUTO: AUTO_ENGINE for the device."""
+
+    AUTO = "auto"  # the measured default for the device: AUTO_ENGINE
+    FLOAT32 = "float32"
+    BF16 = "bf16"
+    CHANNELS_LAST = "channels-last"
+    BF16_CHANNELS_LAST = "bf16-channels-last"
+    COMPILE = "compile"
+    COMPILE_BF16 = "compile-bf16"
+    ONNXRUNTIME = "onnxruntime"  # ONNX Runtime, CPU, float32 (the onnxruntime and onnx packages: the 'fast' extra)
+
+    @property
+    def bf16(self) -> bool:
+        return self in (Engine.BF16, Engine.BF16_CHANNELS_LAST, Engine.COMPILE_BF16)
+
+    @property
+    def channels_last(self) -> bool:
+        return self in (Engine.CHANNELS_LAST, Engine.BF16_CHANNELS_LAST)
+
+    @property
+    def compiled(self) -> bool:
+        return self in (Engine.COMPILE, Engine.COMPILE_BF16)
+
+
+# The engine that --engine auto picks per device type: the fastest whose bits/dim change is under 0.2 %
+# (bench/results/engines.json: ONNX Runtime, 1.96x / 1.17x / 1.31x at batch 1 / 8 / 64 on CPU, bound
+# unchanged to 1e-11; every bf16 engine moves it by +1.1 %). CUDA is not measured: float32. When
+# ONNX Runtime is not installed, auto is float32 (engines.resolve_engine).
+AUTO_ENGINE = {"cpu": Engine.ONNXRUNTIME, "cuda": Engine.FLOAT32}

@@ -13,6 +13,8 @@ FLOAT32; bits/dim measurements may use a faster engine whose effect on them is m
 - CHANNELS_LAST / BF16_CHANNELS_LAST: a copy of the network with NHWC weights, inputs made NHWC.
 - COMPILE / COMPILE_BF16: ``torch.compile`` (inductor), one graph per input shape
   (``dynamic=False``); the first call at a new batch size compiles (seconds to minutes).
+- ONNXRUNTIME: the network exported to ONNX in memory and run by ONNX Runtime's CPU provider in
+  float32 (``pip install 'diffcodec[fast]'``); AUTO's choice on CPU where it is installed.
 
     prior = load_prior()
     fast = with_engine(prior, Engine.BF16)     # a view: same weights, config and digest
@@ -22,33 +24,15 @@ FLOAT32; bits/dim measurements may use a faster engine whose effect on them is m
 from __future__ import annotations
 
 import copy
-import enum
+import importlib.util
+import io
+import warnings
 
 import torch
 from torch import nn
 
+from .defaults import AUTO_ENGINE, Engine
 from .prior import Prior
-
-
-class Engine(str, enum.Enum):
-    FLOAT32 = "float32"
-    BF16 = "bf16"
-    CHANNELS_LAST = "channels-last"
-    BF16_CHANNELS_LAST = "bf16-channels-last"
-    COMPILE = "compile"
-    COMPILE_BF16 = "compile-bf16"
-
-    @property
-    def bf16(self) -> bool:
-        return self in (Engine.BF16, Engine.BF16_CHANNELS_LAST, Engine.COMPILE_BF16)
-
-    @property
-    def channels_last(self) -> bool:
-        return self in (Engine.CHANNELS_LAST, Engine.BF16_CHANNELS_LAST)
-
-    @property
-    def compiled(self) -> bool:
-        return self in (Engine.COMPILE, Engine.COMPILE_BF16)
 
 
 class EngineNet(nn.Module):
@@ -63,6 +47,8 @@ class EngineNet(nn.Module):
     def __init__(self, net: nn.Module, engine: Engine):
         super().__init__()
         self.engine = Engine(engine)
+        if self.engine in (Engine.AUTO, Engine.ONNXRUNTIME):
+            raise ValueError(f"EngineNet runs torch engines, not {self.engine.value} (engines.with_engine)")
         self.inner = copy.deepcopy(net).to(memory_format=torch.channels_last) if self.engine.channels_last else net
         run = self._eager
         self._run = torch.compile(run, dynamic=False) if self.engine.compiled else run
@@ -77,6 +63,55 @@ class EngineNet(nn.Module):
         return self._run(x, t).float().contiguous()
 
 
+class OnnxRuntimeNet(nn.Module):
+    """``net`` exported to ONNX (in memory, TorchScript exporter, opset 17, batch axis dynamic) and run
+    by ONNX Runtime's CPU provider in float32, one intra-op thread per call (nll's workers call it side
+    by side). ``inner`` keeps the torch network, so parameters and device are the original's.
+    """
+
+    def __init__(self, net: nn.Module, image_shape: tuple[int, ...]):
+        super().__init__()
+        if not onnxruntime_available():
+            raise ValueError("engine onnxruntime needs the onnxruntime and onnx packages: pip install 'diffcodec[fast]'")
+        import onnxruntime as ort
+
+        self.inner, buf, was_training = net, io.BytesIO(), net.training
+        net.eval()
+        try:
+            with warnings.catch_warnings():  # the TorchScript exporter's deprecation and tracer notes
+                warnings.simplefilter("ignore")
+                torch.onnx.export(net, (torch.zeros((1, *image_shape)), torch.ones(1)), buf, dynamo=False, opset_version=17,
+                                  input_names=["x", "t"], output_names=["out"],
+                                  dynamic_axes={"x": {0: "n"}, "t": {0: "n"}, "out": {0: "n"}})
+        finally:
+            net.train(was_training)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+        self._session = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        feeds = {"x": x.detach().float().contiguous().numpy(), "t": t.detach().float().contiguous().numpy()}
+        return torch.from_numpy(self._session.run(None, feeds)[0])
+
+
+def onnxruntime_available() -> bool:
+    return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))
+
+
+def resolve_engine(engine: Engine | str, device: torch.device | str = "cpu") -> Engine:
+    """AUTO → :data:`AUTO_ENGINE` for the device's type (FLOAT32 for a type not measured, and in place
+    of ONNXRUNTIME when it is not installed); any other engine is returned as it is. ValueError for
+    an unknown name."""
+    try:
+        engine = Engine(engine)
+    except ValueError:
+        raise ValueError(f"unknown engine {engine!r} (expected {', '.join(e.value for e in Engine)})") from None
+    if engine is not Engine.AUTO:
+        return engine
+    engine = AUTO_ENGINE.get(torch.device(device).type, Engine.FLOAT32)
+    return Engine.FLOAT32 if engine is Engine.ONNXRUNTIME and not onnxruntime_available() else engine
+
+
 def with_net(prior: Prior, net: nn.Module) -> Prior:
     """A view of ``prior`` whose network is ``net`` (the same call and outputs: an engine around
     ``prior.net``); config, digest and info are shared and ``prior`` is not changed."""
@@ -86,12 +121,15 @@ def with_net(prior: Prior, net: nn.Module) -> Prior:
 
 
 def with_engine(prior: Prior, engine: Engine | str) -> Prior:
-    """A view of ``prior`` whose network runs through ``engine`` (FLOAT32: ``prior`` itself).
-
-    Raises ValueError for an unknown engine name.
+    """A view of ``prior`` whose network runs through ``engine`` (FLOAT32: ``prior`` itself; AUTO:
+    :func:`resolve_engine` on the prior's device). Raises ValueError for an unknown engine name.
     """
-    try:
-        engine = Engine(engine)
-    except ValueError:
-        raise ValueError(f"unknown engine {engine!r} (expected {', '.join(e.value for e in Engine)})") from None
-    return prior if engine is Engine.FLOAT32 else with_net(prior, EngineNet(prior.net, engine))
+    device = next(prior.parameters(), torch.empty(0)).device
+    engine = resolve_engine(engine, device)
+    if engine is Engine.FLOAT32:
+        return prior
+    if engine is Engine.ONNXRUNTIME:
+        if device.type != "cpu":
+            raise ValueError(f"engine onnxruntime runs on the CPU; the prior is on {device} (use --device cpu)")
+        return with_net(prior, OnnxRuntimeNet(prior.net, prior.image_shape))
+    return with_net(prior, EngineNet(prior.net, engine))

@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 
 from .defaults import DEFAULT_BATCH, DEFAULT_PAIRS_PER_CALL, DEFAULT_SAMPLES, MC_SAVING, Estimator
 from .diffusion import as_pixels, pixels_to_model, prior_kl
+from .engines import Engine, resolve_engine, with_engine
 from .prior import Prior
 from .schedule import Schedule
 from .terms import compute_terms, pair_terms
@@ -74,6 +75,7 @@ class Likelihood:
     seed: int
     prior_digest: str | None
     seconds: float
+    engine: Engine = Engine.FLOAT32  # how the network ran (engines.Engine; never AUTO)
 
     @property
     def num_images(self) -> int:
@@ -152,6 +154,7 @@ class Likelihood:
             "seed": self.seed,
             "prior_digest": self.prior_digest,
             "seconds": _num(self.seconds),
+            "engine": self.engine.value,
             "images_per_second": _num(self.images_per_second),
             "steps": steps,
         }
@@ -320,13 +323,16 @@ def evaluate_nll(
     workers: int | None = None,
     seed: int = 0,
     progress: bool = False,
+    engine: Engine | str = Engine.FLOAT32,
 ) -> Likelihood:
     """The VLB of ``images`` ([N, C, H, W] integer pixels 0..255, array or tensor) under ``prior``.
 
     ``estimator`` is EXACT, MC or AUTO (the cheaper of the two, :func:`resolve_estimator`); the result
     records the one used. ``samples`` is S for the MC estimator (ignored by EXACT). ``workers`` defaults to
     ``torch.get_num_threads()`` on CPU and is 1 on CUDA (see the module docstring). Noise comes from
-    CPU generators, so figures do not depend on the device's RNG. Raises ValueError on bad arguments
+    CPU generators, so figures do not depend on the device's RNG. ``engine`` runs the network through
+    :mod:`diffcodec.engines` (AUTO: the measured default for the device; the default FLOAT32 is the
+    reference the coders use); the result records it. Raises ValueError on bad arguments
     or images that do not match the prior.
     """
     schedule = schedule if schedule is not None else prior.base_schedule
@@ -343,6 +349,8 @@ def evaluate_nll(
     device = next(prior.parameters(), torch.empty(0)).device
     cpu = device.type == "cpu"
     workers = (workers or torch.get_num_threads()) if cpu else 1
+    engine = resolve_engine(engine, device)
+    prior = with_engine(prior, engine)
 
     def run(group: int) -> _Batch:
         chunk = pixels[group * batch : (group + 1) * batch].to(device)
@@ -357,7 +365,9 @@ def evaluate_nll(
     with _inference(prior, single_threaded=cpu), tqdm(total=evals, desc=f"nll {estimator.value}", unit="img-step",
                                                       disable=not progress) as bar:
         parts = _run_groups(prior, run, math.ceil(len(pixels) / batch), workers, bar)
-    return _summarize(parts, prior, schedule, estimator, samples, seed, time.perf_counter() - start_time)
+    result = _summarize(parts, prior, schedule, estimator, samples, seed, time.perf_counter() - start_time)
+    result.engine = engine
+    return result
 
 
 class _Cancelled(Exception):

@@ -1,0 +1,69 @@
+"""--engine for nll: the engine is resolved per device, recorded in the result, and moves the bound
+only by round-off; float32 is exactly today's figure."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from diffcodec.checkpoint import save_prior
+from diffcodec.defaults import AUTO_ENGINE, Engine
+from diffcodec import engines
+from diffcodec.engines import resolve_engine
+from diffcodec.likelihood import evaluate_nll
+from diffcodec_cli.main import main
+
+from .conftest import make_tiny_prior, random_images
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_resolve_engine(monkeypatch):
+    assert resolve_engine("auto", "cpu") is AUTO_ENGINE["cpu"] is Engine.ONNXRUNTIME  # installed by the test extra
+    assert resolve_engine("auto", "cuda") is Engine.FLOAT32
+    monkeypatch.setattr(engines, "onnxruntime_available", lambda: False)
+    assert resolve_engine("auto", "cpu") is Engine.FLOAT32
+    assert resolve_engine(Engine.AUTO, "meta") is Engine.FLOAT32  # a device type never measured
+    assert resolve_engine("bf16", "cpu") is Engine.BF16
+    with pytest.raises(ValueError, match="unknown engine 'int4'"):
+        resolve_engine("int4")
+
+
+def test_nll_engine_moves_the_bound_by_round_off_only(tiny_prior):
+    images = random_images(4).numpy()
+    schedule = tiny_prior.schedule(10, "front")
+    ref = evaluate_nll(tiny_prior, images, schedule, workers=2)
+    assert ref.engine is Engine.FLOAT32 and ref.to_dict()["engine"] == "float32"
+    fast = evaluate_nll(tiny_prior, images, schedule, workers=2, engine="bf16")
+    assert fast.engine is Engine.BF16
+    assert fast.total_bpd == pytest.approx(ref.total_bpd, rel=2e-3) and fast.total_bpd != ref.total_bpd
+    again = evaluate_nll(tiny_prior, images, schedule, workers=1, engine=Engine.FLOAT32)
+    np.testing.assert_array_equal(again.image_bpd, ref.image_bpd)  # the prior itself was left alone
+    # ONNX Runtime: float32 too, so the bound moves by float32 round-off only (measured 1e-11 on the
+    # embedded prior); the two workers share its session
+    ort = evaluate_nll(tiny_prior, images, schedule, workers=2, engine="onnxruntime")
+    assert ort.engine is Engine.ONNXRUNTIME
+    np.testing.assert_allclose(ort.image_bpd, ref.image_bpd, rtol=1e-6)
+
+
+def test_cli_engine(tmp_path):
+    prior, data = tmp_path / "p.safetensors", tmp_path / "x.npy"
+    save_prior(make_tiny_prior(), prior)
+    np.save(data, random_images(3).numpy())
+
+    def run(*args):
+        return CliRunner().invoke(main, ["nll", "--prior", str(prior), "--data", str(data), "--steps", "6", *args],
+                                  catch_exceptions=False)
+
+    recs = {e: json.loads(run("--json", "--engine", e).stdout) for e in ("float32", "bf16", "auto")}
+    assert recs["bf16"]["engine"] == "bf16" and recs["float32"]["engine_requested"] == "float32"
+    assert recs["auto"]["engine"] == "onnxruntime" and recs["auto"]["engine_requested"] == "auto"
+    assert recs["auto"]["total_bpd"] == pytest.approx(recs["float32"]["total_bpd"], rel=1e-6)
+    assert recs["bf16"]["total_bpd"] == pytest.approx(recs["float32"]["total_bpd"], rel=2e-3)
+    human = run("--engine", "bf16")
+    assert human.exit_code == 0 and "engine    bf16" in human.stdout
+    bad = run("--engine", "fp8")
+    assert bad.exit_code != 0 and "fp8" in bad.output and len(bad.output.strip().splitlines()) == 1
