@@ -47,3 +47,15 @@ def tiny_prior() -> Prior:
 def random_images(n: int, channels: int = 1, size: int = 8, seed: int = 0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (n, channels, size, size), generator=gen, dtype=torch.uint8)
+
+
+def tiny_bench_context(out, num: int):
+    """A bench Context on a tiny prior (digest "ab"*32) and ``num`` random 8×8 images, quick, silent."""
+    from bench.context import Context
+
+    prior = make_tiny_prior()
+    prior.digest = "ab" * 32
+    ctx = Context(out=out, data="tiny", num=num, quick=True, verbose=False)
+    ctx.prior = prior  # cached properties: set in place of loading
+    ctx.images = random_images(num).numpy()
+    return ctx

@@ -9,10 +9,9 @@ import pytest
 import torch
 
 from bench import engines
-from bench.context import Context
 from diffcodec.engines import Engine, with_engine
 
-from .conftest import make_tiny_prior, random_images
+from .conftest import tiny_bench_context
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -22,12 +21,7 @@ def tiny_ctx(tmp_path, monkeypatch):
     for name, value in {"ENGINES": ("float32", "bf16", "no-such-engine"), "BATCHES": (1, 4), "QUICK_ROUNDS": 2,
                         "QUICK_SECONDS": 0.02, "QUICK_BPD_IMAGES": 3}.items():
         monkeypatch.setattr(engines, name, value)
-    prior = make_tiny_prior()
-    prior.digest = "ab" * 32
-    ctx = Context(out=tmp_path / "results", data="tiny", num=4, quick=True, verbose=False)
-    ctx.prior = prior  # cached properties: set in place of loading
-    ctx.images = random_images(4).numpy()
-    return ctx
+    return tiny_bench_context(tmp_path / "results", 4)
 
 
 def test_engines_stage(tiny_ctx):

@@ -9,22 +9,16 @@ import numpy as np
 import pytest
 
 from bench import timing
-from bench.context import Context
 from diffcodec.coding.lossless import CodecParams, compress, decompress, read_header
 
-from .conftest import make_tiny_prior, random_images
+from .conftest import random_images, tiny_bench_context
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
 def tiny_ctx(tmp_path):
-    prior = make_tiny_prior()
-    prior.digest = "ab" * 32
-    ctx = Context(out=tmp_path / "results", data="tiny", num=2, quick=True, verbose=False)
-    ctx.prior = prior  # cached properties: set in place of loading
-    ctx.images = random_images(2).numpy()
-    return ctx
+    return tiny_bench_context(tmp_path / "results", 2)
 
 
 def test_timing_stage(tiny_ctx, monkeypatch):
