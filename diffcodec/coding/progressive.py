@@ -220,10 +220,11 @@ def encode(prior: Prior, image, params: ProgressiveParams = ProgressiveParams(),
             if k == 1 or params.finish == "best":
                 fin = finishing.best(tiles, k, float(schedule.alphas_cumprod[k - 1]), x0_hat,
                                      chain.reverse(x, eps, v, 1, 1) if k == 1 else None)
-                size = size if fin is None else pf.file_bytes(pf.replace(header, stop=rec.n, finish=fin.code),
-                                                                  rec.stream_bits + math.ceil(fin.bits) + finishing.RANGE_CODER_BITS)
-                if fin is not None and (exact is None or size < exact[0]):
-                    exact = (size, len(records) - 1, fin)
+                if fin is not None:
+                    size = pf.file_bytes(pf.replace(header, stop=rec.n, finish=fin.code),
+                                         rec.stream_bits + math.ceil(fin.bits) + finishing.RANGE_CODER_BITS)
+                    if exact is None or size < exact[0]:
+                        exact = (size, len(records) - 1, fin)
             if target.none and exact is not None and size > WALK_ON * exact[0] + 2:
                 break  # the exact file only grows from here on (measured: it rises steadily past its minimum)
             if target.exceeded(rec.file_bytes):
@@ -245,12 +246,16 @@ def encode(prior: Prior, image, params: ProgressiveParams = ProgressiveParams(),
             k -= jump
         bar.update(bar.total - bar.n)
     done = dict(num_dims=D, total_steps=K, network_seconds=chain.network_seconds, search_seconds=search_seconds)
-    if exact is not None and (stop is None or target.max_bytes is not None or exact[0] <= records[stop].file_bytes):
+
+    def beats_lossy(size: int) -> bool:  # no lossy stop, a byte budget (exact is the best picture), or no larger
+        return stop is None or target.max_bytes is not None or size <= records[stop].file_bytes
+
+    if exact is not None and beats_lossy(exact[0]):
         _, at, fin = exact
         pixels, pixel_bits = finishing.encode_pixels(tiles, fin.mean, fin.logvar)
         stream = coder.terminated(snaps[at])[0]
         data = pf.pack(pf.replace(header, stop=records[at].n, finish=fin.code), stream + pixels, image)
-        if not target.exceeded(len(data)) and (stop is None or target.max_bytes is not None or len(data) <= records[stop].file_bytes):
+        if not target.exceeded(len(data)) and beats_lossy(len(data)):
             records.append(StepRecord(n=K, timestep=0, file_bytes=len(data), stream_bits=8 * (len(stream) + len(pixels)),
                                       kl_bits=records[at].kl_bits + pixel_bits, sq_err=0.0))
             return EncodeResult(data=data, steps=records, stop=K, exact_from=records[at].n,
