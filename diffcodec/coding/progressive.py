@@ -73,7 +73,10 @@ from .progressive_records import EncodeResult, StepRecord, StepStats, fidelity_s
 from .progressive_steps import LEVEL_MAX, LEVEL_MIN, LEVEL_SPAN, SKIP, Chain, kl_level
 from .rcc import block_size, candidate, kl_nats_per_dim, log_weight_coefs, read_index, seed_of, select, write_index
 
-WALK_ON = 1.02  # without a target, the encoder walks on until the exact file would be this much above its best
+# Without a target the encoder walks on until the exact file, ended at two successive states, would be
+# more than WALK_ON bytes above its best: past its minimum it rises with noise of a few bytes per state
+# (20 test images: this loses no byte against walking to 2 % above the best, and saves a quarter of the search).
+WALK_ON, WALK_PATIENCE = 3, 2
 FREE_BITS = 0.1  # x_K is drawn from p without bits when KL(q(x_K|x_0) ‖ N(0, I)) is provably below this
 _SPACINGS = [Spacing.EVEN, Spacing.FRONT]
 FINISHES = ("best", "end")
@@ -203,7 +206,7 @@ def encode(prior: Prior, image, params: ProgressiveParams = ProgressiveParams(),
     snaps: list[Snapshot] = []
     recons: list[np.ndarray] = []  # reconstruction of every visited state
     exact: tuple[int, int, finishing.Finish] | None = None  # (file bytes, record index, finish) of the best exact end
-    stats, kl_total, search_seconds, stop, jump = StepStats(), 0.0, 0.0, None, None
+    stats, kl_total, search_seconds, stop, jump, above = StepStats(), 0.0, 0.0, None, None, 0
     x, k = _start(tiles.shape), K
     with pinned_threads(params.threads), tqdm(total=K, desc="encode", unit="step", disable=not progress, leave=False) as bar:
         while True:  # x = x_k
@@ -225,7 +228,8 @@ def encode(prior: Prior, image, params: ProgressiveParams = ProgressiveParams(),
                                          rec.stream_bits + math.ceil(fin.bits) + finishing.RANGE_CODER_BITS)
                     if exact is None or size < exact[0]:
                         exact = (size, len(records) - 1, fin)
-            if target.none and exact is not None and size > WALK_ON * exact[0] + 2:
+            above = above + 1 if exact is not None and size > exact[0] + WALK_ON else 0
+            if target.none and above >= WALK_PATIENCE:
                 break  # the exact file only grows from here on (measured: it rises steadily past its minimum)
             if target.exceeded(rec.file_bytes):
                 if len(records) == 1:
@@ -293,7 +297,7 @@ def _encode_step(chain: Chain, coder: ArithmeticEncoder, k: int, m: int, x0, x, 
             kl = float(kl_dims[dims].sum())
             a, bb = (t.to(chain.device) for t in log_weight_coefs(mq, sd_q, mp, sp))  # candidates on the chain's device
             private = torch.Generator().manual_seed(seed_of(0xE11C, b, k, ci))
-            pick = select(a, bb, _chunk_seed(b, k, ci), kl, params.margin, private, block_size(kappa),
+            pick = select(a, bb, _chunk_seed(b, k, ci), kl, params.margin, private, block_size(kappa, len(dims)),
                           params.max_search_bits, params.search_threads)
             write_index(coder, chain.octaves.table(kappa), pick.index)
             chain.octaves.update(kappa, pick.index)
@@ -343,7 +347,7 @@ def _decode_step(chain: Chain, reader: ArithmeticDecoder, k: int, m: int, x, eps
         for ci, (dims, kappa) in enumerate(chain.chunks(b, k, level, std_p[b], sd_q)):
             index = read_index(reader, octaves.table(kappa))
             octaves.update(kappa, index)
-            eps_c = candidate(_chunk_seed(b, k, ci), index, len(dims), block_size(kappa), chain.device).cpu()
+            eps_c = candidate(_chunk_seed(b, k, ci), index, len(dims), block_size(kappa, len(dims)), chain.device).cpu()
             new[b, dims] = mean_p[b, dims] + std_p[b, dims] * eps_c.double()
     # only a complete step updates the shared state
     chain.levels, chain.expected, chain.octaves, chain.level_model = levels, expecteds, octaves, level_model
