@@ -7,22 +7,23 @@ from pathlib import Path
 
 import click
 
-from diffcodec.defaults import CODEC_SPACING, CODEC_STEPS, DEFAULT_GRID, DEFAULT_MAX_BATCH
+from diffcodec.defaults import AUTO_CODING_ENGINE, CODEC_SPACING, CODEC_STEPS, DEFAULT_GRID, DEFAULT_MAX_BATCH, Engine
 from diffcodec.schedule import Spacing
 
 from .common import device_option, emit_json, json_option, one_line_errors, open_prior, prior_option, steps_option
 
 
-def tile_vlb_bits(prior, tiles, schedule, threads: int, seed: int = 0):
-    """[n] float64 VLB of each tile in bits (terms.compute_terms at the codec's steps, torch pinned to
-    the codec's thread count)."""
+def tile_vlb_bits(prior, tiles, schedule, threads: int, seed: int = 0, engine: Engine = Engine.FLOAT32):
+    """[n] float64 VLB of each tile in bits (terms.compute_terms at the codec's steps, through the
+    codec's engine, pinned to the codec's thread count)."""
     import torch
 
     from diffcodec.coding.lossless import pinned_threads
+    from diffcodec.engines import with_engine
     from diffcodec.terms import compute_terms
 
     with pinned_threads(threads):
-        terms = compute_terms(prior, tiles, schedule, torch.Generator().manual_seed(seed))
+        terms = compute_terms(with_engine(prior, engine, threads), tiles, schedule, torch.Generator().manual_seed(seed))
     return (terms.total_nats / math.log(2)).double().numpy()
 
 
@@ -48,7 +49,7 @@ def compress_record(prior, images, stats, params, out: str, blob_bytes: int, wit
     chained = stats.num_tiles - boot
     rec = {
         "out": out, "images": stats.num_images, "tiles": stats.num_tiles, "steps": params.steps,
-        "spacing": params.spacing.value, "grid": params.grid, "threads": params.threads,
+        "spacing": params.spacing.value, "grid": params.grid, "threads": params.threads, "engine": params.engine.value,
         "file_bytes": blob_bytes, "bits_per_dim": stats.file_bits / dims, "payload_bits_per_dim": stats.payload_bits / dims,
         "header_bytes": stats.header_bits // 8, "initial_bytes": stats.initial_bits // 8,
         "fixed_bytes": (stats.header_bits + stats.initial_bits) // 8,
@@ -61,7 +62,8 @@ def compress_record(prior, images, stats, params, out: str, blob_bytes: int, wit
     }
     if with_vlb:
         tiles = to_tiles(images, prior.image_shape[1])
-        vlb = tile_vlb_bits(prior, tiles, prior.schedule(params.steps, params.spacing), params.threads)
+        vlb = tile_vlb_bits(prior, tiles, prior.schedule(params.steps, params.spacing), params.threads,
+                            engine=params.engine)
         _, se = _mean_se(vlb / tile_dims)  # per tile pixel; the file's figures are per image pixel
         rec["vlb_bits_per_dim"] = float(vlb.sum() / dims)
         rec["vlb_stderr"] = None if se is None else se * stats.num_tiles * tile_dims / dims
@@ -99,7 +101,8 @@ def print_compress(rec: dict) -> None:
         click.echo(line)
     share = rec["coder_share"]
     coder = "" if share is None else f", coder {100 * share:.1f} % of the time beyond the network"
-    click.echo(f"  {rec['steps']} steps, {rec['spacing']}, G = {rec['grid']:g}; {rec['encode_seconds']:.1f} s{coder}")
+    click.echo(f"  {rec['steps']} steps, {rec['spacing']}, G = {rec['grid']:g}, engine {rec['engine']}; "
+               f"{rec['encode_seconds']:.1f} s{coder}")
     if rec["renamed"]:
         shown = ", ".join(f"{a} → {b}" for a, b in rec["renamed"][:3])
         more = f" and {len(rec['renamed']) - 3} more" if len(rec["renamed"]) > 3 else ""
@@ -116,11 +119,18 @@ def print_compress(rec: dict) -> None:
 @click.option("--threads", type=click.IntRange(min=0, max=255), default=1, show_default=True,
               help="torch threads for the network; recorded, the decoder uses the same (0 = current).")
 @click.option("--max-batch", type=click.IntRange(min=1, max=65535), default=DEFAULT_MAX_BATCH, show_default=True)
+@click.option(
+    "--engine", type=click.Choice([e.value for e in Engine]), default=Engine.AUTO.value, show_default=True,
+    help="How the network runs; recorded, the decoder runs the same. Coding engines: float32 (the reference) and "
+    "onnxruntime (pip install 'diffcodec[fast]'); the others are refused. auto: "
+    + ", ".join(f"{e.value} on {d}" for d, e in AUTO_CODING_ENGINE.items()) + " (README, Engines; float32 without "
+    "onnxruntime).",
+)
 @click.option("--no-vlb", is_flag=True, help="Skip the VLB comparison (saves one pass of network evaluations).")
 @device_option
 @json_option
 @one_line_errors
-def compress_cmd(inputs, out, prior_path, steps, spacing, grid, threads, max_batch, no_vlb, device, as_json):
+def compress_cmd(inputs, out, prior_path, steps, spacing, grid, threads, max_batch, engine, no_vlb, device, as_json):
     """Losslessly compress images (PNG files, folders, .npy/.npz, fashion-mnist:test) into one file."""
     from diffcodec.coding.lossless import CodecParams, compress
     from diffcodec.data import load_many
@@ -129,7 +139,8 @@ def compress_cmd(inputs, out, prior_path, steps, spacing, grid, threads, max_bat
     check_output_file(out)
     prior, _ = open_prior(prior_path, device)
     data = load_many(list(inputs), channels=prior.image_shape[0])
-    params = CodecParams(steps=steps, spacing=Spacing(spacing), grid=grid, threads=threads, max_batch=max_batch)
+    params = CodecParams(steps=steps, spacing=Spacing(spacing), grid=grid, threads=threads, max_batch=max_batch,
+                         engine=Engine(engine))
     params = params.resolved(prior)
     blob, stats = compress(prior, data.images, data.names, params, progress=True)
     atomic_write(out, blob)
@@ -148,9 +159,14 @@ def compress_cmd(inputs, out, prior_path, steps, spacing, grid, threads, max_bat
 @click.option("--force", is_flag=True, help="Overwrite files of the same names in the output folder.")
 @prior_option
 @device_option
+@click.option(
+    "--engine", type=click.Choice([e.value for e in Engine]), default=Engine.AUTO.value, show_default=True,
+    help="auto: the engine the file records (always what decoding runs); any other name must be that one, "
+    "or decompress refuses.",
+)
 @json_option
 @one_line_errors
-def decompress_cmd(file, out, npy, force, prior_path, device, as_json):
+def decompress_cmd(file, out, npy, force, prior_path, device, engine, as_json):
     """Decompress a file written by `diffcodec compress` (bit-exact, or an error and nothing written).
 
     Existing files are never overwritten without --force (checked before decoding); the images are
@@ -172,7 +188,7 @@ def decompress_cmd(file, out, npy, force, prior_path, device, as_json):
     from diffcodec.images import write_image
 
     prior, _ = open_prior(prior_path, device)
-    images, names, stats = decompress(prior, blob, progress=True)
+    images, names, stats = decompress(prior, blob, progress=True, engine=engine)
     with staged_folder(out, targets, overwrite=force) as tmp:
         if npy:
             np.save(tmp / "images.npy", images, allow_pickle=False)
@@ -180,9 +196,9 @@ def decompress_cmd(file, out, npy, force, prior_path, device, as_json):
             for name, image in zip(names, images):
                 write_image(tmp / name, image)
     record = {"images": len(images), "out": str(out), "files": targets, "decode_seconds": stats.seconds,
-              "coder_share": stats.coder_share}
+              "coder_share": stats.coder_share, "engine": stats.engine.value}
     if as_json:
         emit_json(record)
         return
-    click.echo(f"decoded {len(images)} image{'s' * (len(images) != 1)} into {out} ({stats.seconds:.1f} s, "
+    click.echo(f"decoded {len(images)} image{'s' * (len(images) != 1)} into {out} ({stats.seconds:.1f} s, engine {stats.engine.value}, "
                f"bit-exact: checksums of pixels and names verified)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from diffcodec.defaults import AUTO_ENGINE, Engine
 from diffcodec.schedule import Spacing
 
 from .common import (device_option, emit_json, json_option, one_line_errors, open_prior, prior_option, seeded,
@@ -26,19 +27,26 @@ spacing_option = click.option(
 @spacing_option
 @click.option("--seed", type=int, default=0, show_default=True)
 @device_option
+@click.option(
+    "--engine", type=click.Choice([e.value for e in Engine]), default=Engine.AUTO.value, show_default=True,
+    help="How the network runs. auto: " + ", ".join(f"{e.value} on {d}" for d, e in AUTO_ENGINE.items())
+    + " (README, Engines); float32: the reference (another engine may change a few pixels of the same seed's samples).",
+)
 @one_line_errors
-def sample(prior_path, num, out, steps, spacing, seed, device):
+def sample(prior_path, num, out, steps, spacing, seed, device, engine):
     """Draw samples from a prior by ancestral sampling and save them as one PNG grid."""
+    from diffcodec.engines import resolve_engine
     from diffcodec.files import check_output_file
     from diffcodec.images import image_grid, write_image
     from diffcodec.sampling import sample as draw_samples
 
     check_output_file(out)
-    prior, _ = open_prior(prior_path, device)
+    prior, dev = open_prior(prior_path, device)
+    engine_used = resolve_engine(engine, dev)
     schedule = prior.schedule(steps, spacing)
-    images = draw_samples(prior, num, schedule, seeded(seed), progress=True)
+    images = draw_samples(prior, num, schedule, seeded(seed), progress=True, engine=engine_used)
     write_image(out, image_grid(images.numpy()))
-    click.echo(f"wrote {num} samples ({schedule.num_steps} steps) to {out}")
+    click.echo(f"wrote {num} samples ({schedule.num_steps} steps, engine {engine_used.value}) to {out}")
 
 
 @click.command()

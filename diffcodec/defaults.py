@@ -66,3 +66,13 @@ class Engine(str, enum.Enum):
 # unchanged to 1e-11; every bf16 engine moves it by +1.1 %). CUDA is not measured: float32. When
 # ONNX Runtime is not installed, auto is float32 (engines.resolve_engine).
 AUTO_ENGINE = {"cpu": Engine.ONNXRUNTIME, "cuda": Engine.FLOAT32}
+
+# Engines the coders may run, their index the code a compressed file records (append only: a code never
+# changes meaning). Only engines whose outputs are bit-identical across fresh processes at a fixed thread
+# count qualify (diffcodec.engines.coding_engine says why the others do not).
+CODING_ENGINES = (Engine.FLOAT32, Engine.ONNXRUNTIME)
+
+# The engine that the coders' --engine auto picks per device type (compress; decompress follows the file),
+# among CODING_ENGINES: compress through ONNX Runtime ran 1.32x / 1.28x as fast per image as float32
+# on 32 / 128 Fashion-MNIST images, one thread (bench/results/coding_engines*.json). CUDA: not measured.
+AUTO_CODING_ENGINE = {"cpu": Engine.ONNXRUNTIME, "cuda": Engine.FLOAT32}

@@ -3,9 +3,10 @@
 An engine changes how ε_θ(x_t, t) is computed, never what the prior is: the weights, the config and
 the digest are the same, and every output is handed on in float32, as ``Prior.network`` promises.
 Engines other than FLOAT32 change the network's round-off (bf16 keeps 8 significant bits in its
-matrix products), so the coders, whose encoder and decoder must agree bit for bit, always run
-FLOAT32; bits/dim measurements may use a faster engine whose effect on them is measured
-(``python -m bench engines``, issue #12).
+matrix products); bits/dim measurements may use a faster engine whose effect on them is measured
+(``python -m bench engines``, issue #12). The coders, whose encoder and decoder must agree bit for
+bit, run only the engines of ``defaults.CODING_ENGINES`` (:func:`coding_engine`), record the one they ran
+in the file, and the decoder runs the same one.
 
 - FLOAT32: eager float32, as the network module is called.
 - BF16: eager under ``torch.autocast(device, bfloat16)`` (convolutions and matrix products in bf16,
@@ -31,7 +32,7 @@ import warnings
 import torch
 from torch import nn
 
-from .defaults import AUTO_ENGINE, Engine
+from .defaults import AUTO_CODING_ENGINE, AUTO_ENGINE, CODING_ENGINES, Engine
 from .prior import Prior
 
 
@@ -65,11 +66,12 @@ class EngineNet(nn.Module):
 
 class OnnxRuntimeNet(nn.Module):
     """``net`` exported to ONNX (in memory, TorchScript exporter, opset 17, batch axis dynamic) and run
-    by ONNX Runtime's CPU provider in float32, one intra-op thread per call (nll's workers call it side
-    by side). ``inner`` keeps the torch network, so parameters and device are the original's.
+    by ONNX Runtime's CPU provider in float32 with ``threads`` intra-op threads (1 by default: nll's
+    workers call it side by side; the coders pass the thread count their file records). ``inner`` keeps
+    the torch network, so parameters and device are the original's.
     """
 
-    def __init__(self, net: nn.Module, image_shape: tuple[int, ...]):
+    def __init__(self, net: nn.Module, image_shape: tuple[int, ...], threads: int = 1):
         super().__init__()
         if not onnxruntime_available():
             raise ValueError("engine onnxruntime needs the onnxruntime and onnx packages: pip install 'diffcodec[fast]'")
@@ -86,7 +88,7 @@ class OnnxRuntimeNet(nn.Module):
         finally:
             net.train(was_training)
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
         self._session = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -112,6 +114,49 @@ def resolve_engine(engine: Engine | str, device: torch.device | str = "cpu") -> 
     return Engine.FLOAT32 if engine is Engine.ONNXRUNTIME and not onnxruntime_available() else engine
 
 
+def coding_engine(engine: Engine | str, device: torch.device | str = "cpu") -> Engine:
+    """The engine a coder runs for ``engine`` on ``device``: AUTO → :data:`AUTO_CODING_ENGINE` for the
+    device type (FLOAT32 where not measured, and in place of ONNXRUNTIME when it is not installed).
+    ValueError (one line) for an unknown name, an engine outside CODING_ENGINES, ONNXRUNTIME
+    when it is not installed (naming the packages) or on another device than the CPU.
+
+    CODING_ENGINES (defaults) are the engines whose outputs are bit-identical across fresh processes at
+    a fixed thread count, so that a decoder on this machine recomputes the encoder's network exactly:
+    float32 eager (torch's CPU kernels at a pinned thread count) and ONNX Runtime's CPU provider
+    (measured on the embedded prior: identical outputs at batch 1, 7 and 64 across fresh processes, and
+    between 1 and 2 intra-op threads). The bf16 engines move the bound by +1.1 % (bits a coder would
+    pay) and the compiled and channels-last ones were not shown deterministic across processes
+    (inductor's generated code, NHWC kernels): refused.
+    """
+    if engine == Engine.AUTO:  # a str enum: the name or the member
+        chosen = AUTO_CODING_ENGINE.get(torch.device(device).type, Engine.FLOAT32)
+        return Engine.FLOAT32 if chosen is Engine.ONNXRUNTIME and not onnxruntime_available() else chosen
+    engine = resolve_engine(engine, device)
+    if engine not in CODING_ENGINES:
+        raise ValueError(f"engine {engine.value} cannot code: its outputs are not shown bit-identical between encoder "
+                         f"and decoder (coding engines: {', '.join(e.value for e in CODING_ENGINES)})")
+    if engine is Engine.ONNXRUNTIME:
+        if not onnxruntime_available():
+            raise ValueError("engine onnxruntime needs the onnxruntime and onnx packages: pip install 'diffcodec[fast]'")
+        if torch.device(device).type != "cpu":
+            raise ValueError(f"engine onnxruntime runs on the CPU, not {device} (use --device cpu)")
+    return engine
+
+
+def decoding_engine(recorded: Engine, device: torch.device | str = "cpu", requested: Engine | str | None = None) -> Engine:
+    """The engine a decoder runs for a file that records ``recorded``: that one. ``requested`` None or
+    AUTO follows the file; ValueError (one line, naming both) when it names another engine, or when
+    the recorded one cannot run here (:func:`coding_engine`'s reasons: not installed, not on the CPU)."""
+    recorded = Engine(recorded)
+    if requested is not None and requested != Engine.AUTO and resolve_engine(requested) is not recorded:
+        raise ValueError(f"file was compressed with engine {recorded.value}; decoding it with engine "
+                         f"{Engine(requested).value} would desynchronize (omit --engine: decoding follows the file)")
+    try:
+        return coding_engine(recorded, device)
+    except ValueError as err:
+        raise ValueError(f"file was compressed with engine {recorded.value}, which cannot run here: {err}") from None
+
+
 def with_net(prior: Prior, net: nn.Module) -> Prior:
     """A view of ``prior`` whose network is ``net`` (the same call and outputs: an engine around
     ``prior.net``); config, digest and info are shared and ``prior`` is not changed."""
@@ -120,9 +165,10 @@ def with_net(prior: Prior, net: nn.Module) -> Prior:
     return view.train(prior.training)
 
 
-def with_engine(prior: Prior, engine: Engine | str) -> Prior:
+def with_engine(prior: Prior, engine: Engine | str, threads: int = 1) -> Prior:
     """A view of ``prior`` whose network runs through ``engine`` (FLOAT32: ``prior`` itself; AUTO:
-    :func:`resolve_engine` on the prior's device). Raises ValueError for an unknown engine name.
+    :func:`resolve_engine` on the prior's device); ``threads``: ONNX Runtime's intra-op threads (torch
+    engines run on torch's current thread count). Raises ValueError for an unknown engine name.
     """
     device = next(prior.parameters(), torch.empty(0)).device
     engine = resolve_engine(engine, device)
@@ -131,5 +177,5 @@ def with_engine(prior: Prior, engine: Engine | str) -> Prior:
     if engine is Engine.ONNXRUNTIME:
         if device.type != "cpu":
             raise ValueError(f"engine onnxruntime runs on the CPU; the prior is on {device} (use --device cpu)")
-        return with_net(prior, OnnxRuntimeNet(prior.net, prior.image_shape))
+        return with_net(prior, OnnxRuntimeNet(prior.net, prior.image_shape, threads))
     return with_net(prior, EngineNet(prior.net, engine))

@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from .defaults import Engine
 from .diffusion import model_to_pixels
+from .engines import with_engine
 from .prior import Prior
 from .schedule import Schedule
 
@@ -17,14 +19,19 @@ def sample(
     schedule: Schedule | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    engine: Engine | str = Engine.FLOAT32,
 ) -> torch.Tensor:
     """Draw ``num`` images: x_K ~ N(0, I), x_{k−1} = μ_θ + σ_k z for k = K..2, output μ_θ(x_1) rounded.
 
+    ``engine``: how the network runs (diffcodec.engines; AUTO: the measured default for the prior's
+    device; ONNX Runtime on torch's current thread count). Engines other than float32 change the
+    network's round-off, so the same seed may give slightly different samples.
     Returns [num, C, H, W] uint8 on the CPU.
     """
     if num < 1:
         raise ValueError(f"number of samples must be >= 1, got {num}")
     schedule = schedule if schedule is not None else prior.base_schedule
+    prior = with_engine(prior, engine, threads=torch.get_num_threads())
     device = next(prior.parameters()).device
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     x = torch.randn((num, *prior.image_shape), generator=gen).to(device)

@@ -4,9 +4,10 @@ A 28×28 image costs a few hundred bytes, so the header is kept small: fixed-wid
 they must be (magic, version, digest, hashes), every count an unsigned LEB128 varint (one byte below
 128, two below 16,384). Layout::
 
-    magic b"DCL" (3) · format version 3 (1) · prior digest, first 8 bytes of its SHA-256 (8)
-    varints: steps K, spacing (0 even, 1 front), grid G in eighths, torch threads, largest batch,
+    magic b"DCL" (3) · format version 4 (1) · prior digest, first 8 bytes of its SHA-256 (8)
+    varints: steps K, spacing (0 even, 1 front), grid G in eighths, threads, largest batch,
              images N, channels C, height H, width W, tile size (the prior's), seed words (incl. seal),
+             engine (0 float32, 1 onnxruntime: :data:`ENGINES`, the network engine both sides run),
              number B of classic (bootstrap) tiles and for each its codec (1 WebP lossless as a bare
              VP8L stream, 2 PNG) and byte length (coding.bootstrap), number R of ramp batch sizes
              and the R sizes (coding.lossless),
@@ -17,7 +18,8 @@ they must be (magic, version, digest, hashes), every count an unsigned LEB128 va
 The CRC covers the whole file, so any truncation or flipped bit is caught before decoding; the
 content hash (coding.lossless.content_hash: shape, names, pixels) catches a decoder that
 desynchronized (another prior under the same digest prefix, other float arithmetic) and a file whose
-names were changed, CRC and all. Stack order of the payload: see coding.bitsback (one Bit-Swap chain
+names were changed, CRC and all. Version 3 files (before the engine field) are still read: they were
+all coded by float32 eager, which is what their missing field means. Stack order of the payload: see coding.bitsback (one Bit-Swap chain
 per batch of tiles, batches pushed in order and popped in reverse).
 
 A file is a decoder's input from anywhere, so :func:`unpack` checks every field against its legal
@@ -33,8 +35,8 @@ file names ending in ``.png``, unique even on a case-insensitive file system
     >>> words = np.arange(5, dtype=np.uint32)
     >>> blob = pack(h, words)
     >>> h2, w2 = unpack(blob)
-    >>> h2 == h, bool((w2 == words).all()), len(blob) - 4 * len(words)
-    (True, True, 53)
+    >>> h2 == h, bool((w2 == words).all()), len(blob) - 4 * len(words), ENGINES[h2.engine].value
+    (True, True, 54, 'float32')
     >>> unique_output_names(["a", "a.png", "A.PNG", "b.bmp"])
     ['a-3.png', 'a.png', 'A-2.PNG', 'b.bmp.png']
 """
@@ -49,12 +51,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..defaults import CODING_ENGINES
+from .bootstrap import MAX_BOOT_TILES
 from .varint import encode_varint
 
-from .bootstrap import MAX_BOOT_TILES
-
 MAGIC = b"DCL"
-VERSION = 3  # 3: names inside the content hash, every field range-checked (2 hashed the pixels alone)
+VERSION = 4  # 4: the engine field; 3: names inside the content hash, every field range-checked (2 hashed the pixels alone)
+READABLE_VERSIONS = (3, 4)  # a version 3 file has no engine field: float32
+ENGINES = CODING_ENGINES  # the engine field's codes (defaults.CODING_ENGINES, append only)
 DIGEST_BYTES = 8
 HASH_BYTES = 8
 MAX_PIXELS = 1 << 30  # image or tile pixels a file may claim (1 GiB of uint8): a forged header must not make us allocate more
@@ -64,12 +68,13 @@ NAME_MAX = 255  # bytes of a file name (common file systems)
 NAME_TEMPLATE, NAME_ZLIB, NAME_PLAIN = 0, 1, 2
 _NAME_RE = re.compile(r"^(.*?)(\d+)(\D*)$")
 _VARINT_FIELDS = ("steps", "spacing", "grid_eighths", "threads", "max_batch", "count", "channels", "height",
-                  "width", "tile", "seed_words")
+                  "width", "tile", "seed_words", "engine")  # engine: version 4 on
 # Legal range of every varint field (inclusive); the seed and bootstrap sizes are checked against the
 # payload instead. Grid G = grid_eighths/8 in 0.25..31.875 (coding.bitsback.LatentGrid needs G ≥ 0.25).
 LIMITS = {
     "steps": (1, 65535), "spacing": (0, 1), "grid_eighths": (2, 255), "threads": (1, 255), "max_batch": (1, 65535),
     "count": (1, MAX_IMAGES), "channels": (1, 3), "height": (1, 65535), "width": (1, 65535), "tile": (1, 65535),
+    "engine": (0, len(ENGINES) - 1),
 }
 
 
@@ -79,7 +84,7 @@ class Header:
     steps: int
     spacing: int  # 0 even, 1 front
     grid_eighths: int  # G = grid_eighths / 8
-    threads: int
+    threads: int  # torch threads, and ONNX Runtime's intra-op threads under that engine
     max_batch: int
     count: int  # images
     channels: int
@@ -91,6 +96,7 @@ class Header:
     boot: tuple[tuple[int, int], ...]  # (codec, byte length) of each classic tile 0..B−1 at the bottom of the seed
     names: list[str] = field(default_factory=list)
     ramp: tuple[int, ...] = ()  # sizes of the first batches; the rest are max_batch (coding.lossless.batch_sizes)
+    engine: int = 0  # the network engine, ENGINES[engine]
     payload_words: int = field(default=0, compare=False)  # filled in by unpack
 
     def __post_init__(self):
@@ -262,11 +268,13 @@ def unpack(blob: bytes) -> tuple[Header, np.ndarray]:
     """File bytes → (Header, payload uint32 words); ValueError for anything but an intact file."""
     if len(blob) < 4 or blob[:3] != MAGIC:
         raise ValueError("not a diffcodec compressed file (bad magic)")
-    if blob[3] != VERSION:
-        raise ValueError(f"unsupported diffcodec file version {blob[3]} (this diffcodec reads version {VERSION})")
+    if blob[3] not in READABLE_VERSIONS:
+        raise ValueError(f"unsupported diffcodec file version {blob[3]} (this diffcodec reads versions "
+                         f"{', '.join(map(str, READABLE_VERSIONS))})")
     r = _Reader(blob, 4)
     digest = r.take(DIGEST_BYTES)
-    values = {f: r.varint() for f in _VARINT_FIELDS}
+    values = {f: r.varint() for f in (_VARINT_FIELDS if blob[3] >= 4 else _VARINT_FIELDS[:-1])}
+    values.setdefault("engine", 0)  # version 3: float32
     num_boot = r.varint()
     if not 1 <= num_boot <= MAX_BOOT_TILES:
         raise ValueError(f"compressed file is corrupted (it claims {num_boot} bootstrap tiles)")

@@ -13,9 +13,11 @@ header (about 50 bytes). Random seed words that no pop reached are trimmed from 
 writing.
 
 Determinism: encoder and decoder evaluate the network on identical batches (same tiles, same order),
-with the torch thread count pinned to the value recorded in the file (CPU kernels give thread-count
-dependent float32 results), and snap the coder's parameters to 2^-20 (coding.bitsback). A decoder
-that still desynchronizes fails on the seed or pixel checksums and returns no images.
+through the same engine (float32 eager or ONNX Runtime, recorded in the file: engines.coding_engine),
+with the torch thread count and ONNX Runtime's intra-op threads pinned to the value recorded in the
+file (CPU kernels give thread-count dependent float32 results), and snap the coder's parameters to
+2^-20 (coding.bitsback). A decoder that still desynchronizes fails on the seed or pixel checksums and
+returns no images.
 
 Round trip with a tiny random prior (a test executes this)::
 
@@ -31,9 +33,12 @@ Round trip with a tiny random prior (a test executes this)::
     >>> images = np.random.default_rng(0).integers(0, 256, (3, 1, 10, 9), dtype=np.uint8)
     >>> params = CodecParams(steps=4, threads=1)
     >>> blob, stats = compress(prior, images, ["a.png", "b.png", "c.png"], params)
-    >>> out, names, _ = decompress(prior, blob)
+    >>> out, names, _ = decompress(prior, blob)   # the engine the file records (float32 here)
     >>> bool((out == images).all()), names
     (True, ['a.png', 'b.png', 'c.png'])
+    >>> decompress(prior, blob, engine="onnxruntime")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ValueError: file was compressed with engine float32; decoding it with engine onnxruntime would ...
 """
 
 from __future__ import annotations
@@ -48,14 +53,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..defaults import CODEC_SPACING, CODEC_STEPS, DEFAULT_GRID, DEFAULT_MAX_BATCH
+from ..defaults import CODEC_SPACING, CODEC_STEPS, DEFAULT_GRID, DEFAULT_MAX_BATCH, Engine
 from ..diffusion import as_pixels
+from ..engines import coding_engine, decoding_engine, with_engine
 from ..prior import Prior
 from ..schedule import Spacing
 from .ans import MARGIN_WORDS, WORD_BITS, Stack
 from .bitsback import LatentGrid, decode_batch, encode_batch
 from .bootstrap import BOOT_NAMES, MAX_BOOT_TILES, classic_tile, seed_words, unseed
-from .container import MAX_IMAGES, Header, check_work, pack, unique_output_names, unpack
+from .container import ENGINES, MAX_IMAGES, Header, check_work, pack, unique_output_names, unpack
 
 RAMP_SAFETY = 1.25  # a new batch may dip this much deeper per tile than the deepest batch so far
 _SPACINGS = [Spacing.EVEN, Spacing.FRONT]
@@ -66,11 +72,15 @@ class CodecParams:
     steps: int = CODEC_STEPS
     spacing: Spacing = CODEC_SPACING
     grid: float = DEFAULT_GRID  # G, latent grid points per standard deviation (multiple of 1/8)
-    # torch threads for the network, recorded in the file and used again by the decoder (CPU kernels give
-    # thread-count dependent float32 results). 1 by default: reproducible on any machine, and pinned
-    # multi-threading on a busy CPU was measured 3x slower; 0 = torch's current setting.
+    # threads for the network (torch's, and ONNX Runtime's intra-op threads), recorded in the file and used
+    # again by the decoder (CPU kernels give thread-count dependent float32 results). 1 by default:
+    # reproducible on any machine, and pinned multi-threading on a busy CPU was measured 3x slower;
+    # 0 = torch's current setting.
     threads: int = 1
     max_batch: int = DEFAULT_MAX_BATCH
+    # how the network runs (defaults.CODING_ENGINES; AUTO: the measured default for the prior's device),
+    # recorded in the file; the decoder runs the same one. The library default is the float32 reference.
+    engine: Engine = Engine.FLOAT32
 
     def resolved(self, prior: Prior) -> "CodecParams":
         threads = self.threads or torch.get_num_threads()
@@ -81,7 +91,8 @@ class CodecParams:
         if self.grid * 8 != round(self.grid * 8) or not 2 <= self.grid * 8 <= 255:
             raise ValueError(f"grid G must be a multiple of 1/8 in 0.25..31.875, got {self.grid}")
         prior.schedule(self.steps, self.spacing)  # validates steps
-        return CodecParams(self.steps, Spacing(self.spacing), float(self.grid), threads, self.max_batch)
+        engine = coding_engine(self.engine, next(prior.parameters(), torch.empty(0)).device)
+        return CodecParams(self.steps, Spacing(self.spacing), float(self.grid), threads, self.max_batch, engine)
 
 
 @dataclass
@@ -109,6 +120,7 @@ class CodecStats:
     seconds: float
     network_seconds: float  # inside the prior (network and its float64 head)
     names: list[str]  # the images' names as stored in the file (made unique by compress)
+    engine: Engine = Engine.FLOAT32  # the network engine that ran (the file records it)
 
     @property
     def chain_bits(self) -> int:
@@ -253,7 +265,7 @@ def compress(prior: Prior, images, names: list[str], params: CodecParams = Codec
     tiles = to_tiles(images, prior.image_shape[1])
     with pinned_threads(params.threads), tqdm(total=(len(tiles) - 1) * params.steps, desc="compress",
                                               unit="tile-step", disable=not progress, leave=False) as bar:
-        net = _Network(prior, schedule, bar)
+        net = _Network(with_engine(prior, params.engine, params.threads), schedule, bar)
         boots, stack, sizes, dip = _start(tiles, grid, net)
         start = len(boots) + sum(sizes)
         while start < len(tiles):
@@ -273,7 +285,7 @@ def compress(prior: Prior, images, names: list[str], params: CodecParams = Codec
         grid_eighths=round(params.grid * 8), threads=params.threads, max_batch=params.max_batch, count=n,
         channels=c, height=h, width=w, tile=prior.image_shape[1], seed_words=len(seed) + 1,
         pixel_hash=content_hash(images, names), boot=tuple((codec, len(data)) for codec, data in boots), names=names,
-        ramp=ramp_of(sizes, params.max_batch),
+        ramp=ramp_of(sizes, params.max_batch), engine=ENGINES.index(params.engine),
     )
     blob = pack(header, payload)
     stats = CodecStats(
@@ -282,7 +294,7 @@ def compress(prior: Prior, images, names: list[str], params: CodecParams = Codec
         initial_bits=WORD_BITS * header.seed_words - boot_bits, bootstrap_bits=8 * sum(len(d) for _, d in boots),
         bootstrap_tiles=len(boots), seed_bits=WORD_BITS * header.seed_words,
         bootstrap_codec="/".join(sorted({BOOT_NAMES[codec] for codec, _ in boots})),
-        seconds=time.perf_counter() - t0, network_seconds=net.seconds, names=names,
+        seconds=time.perf_counter() - t0, network_seconds=net.seconds, names=names, engine=params.engine,
     )
     return blob, stats
 
@@ -318,10 +330,15 @@ def read_header(blob: bytes) -> Header:
     return unpack(blob)[0]
 
 
-def decompress(prior: Prior, blob: bytes, progress: bool = False):
-    """File bytes → (images [N, C, H, W] uint8, names, CodecStats). ValueError unless bit-exact."""
+def decompress(prior: Prior, blob: bytes, progress: bool = False, engine: Engine | str | None = None):
+    """File bytes → (images [N, C, H, W] uint8, names, CodecStats). ValueError unless bit-exact.
+
+    The network runs through the engine the file records (engines.decoding_engine); ``engine``, when
+    given (not AUTO), must name that one (ValueError otherwise: no other engine recomputes the encoder's outputs).
+    """
     t0 = time.perf_counter()
     header, payload = unpack(blob)
+    file_engine = decoding_engine(ENGINES[header.engine], next(prior.parameters(), torch.empty(0)).device, engine)
     if prior.digest is None or not header.matches_prior(prior.digest):
         raise ValueError(
             f"file was made with another prior (digest {header.prior_digest[:16]}…, this prior is "
@@ -343,7 +360,7 @@ def decompress(prior: Prior, blob: bytes, progress: bool = False):
     stack = Stack.from_words(payload)
     with pinned_threads(header.threads), tqdm(total=(num_tiles - num_boot) * header.steps, desc="decompress",
                                               unit="tile-step", disable=not progress, leave=False) as bar:
-        net = _Network(prior, schedule, bar)
+        net = _Network(with_engine(prior, file_engine, header.threads), schedule, bar)
         end = num_tiles
         for n in reversed(sizes):
             tiles[end - n : end] = decode_batch(stack, grid, net, (n, c, size, size))
@@ -361,6 +378,7 @@ def decompress(prior: Prior, blob: bytes, progress: bool = False):
         initial_bits=WORD_BITS * (header.seed_words - boot_words), bootstrap_bits=8 * sum(n for _, n in header.boot),
         bootstrap_tiles=num_boot, seed_bits=WORD_BITS * header.seed_words,
         bootstrap_codec="/".join(sorted({BOOT_NAMES[codec] for codec, _ in header.boot})),
-        seconds=time.perf_counter() - t0, network_seconds=net.seconds, names=header.names,
+        seconds=time.perf_counter() - t0, network_seconds=net.seconds, names=header.names, engine=file_engine,
     )
     return images, header.names, stats
+
