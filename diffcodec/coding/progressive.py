@@ -222,7 +222,7 @@ def encode(prior: Prior, image, params: ProgressiveParams = ProgressiveParams(),
             size = math.inf
             if k == 1 or params.finish == "best":
                 fin = finishing.best(tiles, k, float(schedule.alphas_cumprod[k - 1]), x0_hat,
-                                     chain.reverse(x, eps, v, 1, 1) if k == 1 else None)
+                                     chain.reverse(x, eps, v, 1, 1) if k == 1 else None, v)
                 if fin is not None:
                     size = pf.file_bytes(pf.replace(header, stop=rec.n, finish=fin.code),
                                          rec.stream_bits + math.ceil(fin.bits) + finishing.RANGE_CODER_BITS)
@@ -256,7 +256,7 @@ def encode(prior: Prior, image, params: ProgressiveParams = ProgressiveParams(),
 
     if exact is not None and beats_lossy(exact[0]):
         _, at, fin = exact
-        pixels, pixel_bits = finishing.encode_pixels(tiles, fin.mean, fin.logvar)
+        pixels, pixel_bits = finishing.encode_pixels(tiles, fin)
         stream = coder.terminated(snaps[at])[0]
         data = pf.pack(pf.replace(header, stop=records[at].n, finish=fin.code), stream + pixels, image)
         if not target.exceeded(len(data)) and beats_lossy(len(data)):
@@ -414,9 +414,9 @@ def decode(prior: Prior, data: bytes, steps: int | None = None, keep_intermediat
             k -= jump
             bar.update(jump)
         if header.finish and complete and done == header.stop and (steps is None or steps >= K):
-            fin = finishing.model(header.finish, k, float(schedule.alphas_cumprod[k - 1]), x0_hat,
-                                  chain.reverse(x, eps, v, 1, 1) if k == 1 else None)
-            pixels = finishing.decode_pixels(body[-(-reader.end_bits() // 8):], fin.mean, fin.logvar, tiles_shape)
+            pixels = finishing.decode_pixels(body[-(-reader.end_bits() // 8):], header.finish, k,
+                                             float(schedule.alphas_cumprod[k - 1]), x0_hat, tiles_shape,
+                                             chain.reverse(x, eps, v, 1, 1) if k == 1 else None, v)
             image, done, lossless = from_tiles(pixels, 1, header.height, header.width)[0], K, True
             if keep_intermediates:
                 intermediates.append((K, image))
