@@ -10,7 +10,8 @@ import click
 from diffcodec.defaults import AUTO_CODING_ENGINE, CODEC_SPACING, CODEC_STEPS, DEFAULT_GRID, DEFAULT_MAX_BATCH, Engine
 from diffcodec.schedule import Spacing
 
-from .common import device_option, emit_json, json_option, one_line_errors, open_prior, prior_option, steps_option
+from .common import (coding_engine_option, decoding_engine_option, device_option, emit_json, json_option, one_line_errors,
+                     open_prior, prior_option, steps_option)
 
 
 def tile_vlb_bits(prior, tiles, schedule, threads: int, seed: int = 0, engine: Engine = Engine.FLOAT32):
@@ -119,13 +120,8 @@ def print_compress(rec: dict) -> None:
 @click.option("--threads", type=click.IntRange(min=0, max=255), default=1, show_default=True,
               help="torch threads for the network; recorded, the decoder uses the same (0 = current).")
 @click.option("--max-batch", type=click.IntRange(min=1, max=65535), default=DEFAULT_MAX_BATCH, show_default=True)
-@click.option(
-    "--engine", type=click.Choice([e.value for e in Engine]), default=Engine.AUTO.value, show_default=True,
-    help="How the network runs; recorded, the decoder runs the same. Coding engines: float32 (the reference) and "
-    "onnxruntime (pip install 'diffcodec[fast]'); the others are refused. auto: "
-    + ", ".join(f"{e.value} on {d}" for d, e in AUTO_CODING_ENGINE.items()) + " (README, Engines; float32 without "
-    "onnxruntime).",
-)
+@coding_engine_option(", ".join(f"{e.value} on {d}" for d, e in AUTO_CODING_ENGINE.items())
+                      + " (README, Engines; float32 without onnxruntime).")
 @click.option("--no-vlb", is_flag=True, help="Skip the VLB comparison (saves one pass of network evaluations).")
 @device_option
 @json_option
@@ -159,11 +155,7 @@ def compress_cmd(inputs, out, prior_path, steps, spacing, grid, threads, max_bat
 @click.option("--force", is_flag=True, help="Overwrite files of the same names in the output folder.")
 @prior_option
 @device_option
-@click.option(
-    "--engine", type=click.Choice([e.value for e in Engine]), default=Engine.AUTO.value, show_default=True,
-    help="auto: the engine the file records (always what decoding runs); any other name must be that one, "
-    "or decompress refuses.",
-)
+@decoding_engine_option
 @json_option
 @one_line_errors
 def decompress_cmd(file, out, npy, force, prior_path, device, engine, as_json):

@@ -25,6 +25,28 @@ device_option = click.option(
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the human summary.")
 
 
+def _engine_names() -> list[str]:
+    from diffcodec.defaults import Engine
+
+    return [e.value for e in Engine]
+
+
+def coding_engine_option(auto_help: str):
+    """--engine for a command that writes a coded file: the engine is recorded, the decoder runs the same."""
+    return click.option(
+        "--engine", type=click.Choice(_engine_names()), default="auto", show_default=True,
+        help="How the network runs; recorded, the decoder runs the same. Coding engines: float32 (the reference) "
+        f"and onnxruntime (pip install 'diffcodec[fast]'); the others are refused. auto: {auto_help}",
+    )
+
+
+decoding_engine_option = click.option(
+    "--engine", type=click.Choice(_engine_names()), default="auto", show_default=True,
+    help="auto: the engine the file records (always what decoding runs); any other name must be that one, "
+    "or decoding refuses.",
+)
+
+
 def steps_option(default: int | None, help: str):
     """--steps K, defined once so that every command checks it alike (K ≥ 1 here; K ≤ T by the prior)."""
     return click.option("--steps", type=click.IntRange(min=1), default=default, show_default=default is not None, help=help)

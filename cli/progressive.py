@@ -9,7 +9,8 @@ import click
 
 from diffcodec.defaults import CODEC_SPACING, CODEC_STEPS
 
-from .common import device_option, emit_json, json_option, one_line_errors, open_prior, prior_option, steps_option
+from .common import (coding_engine_option, decoding_engine_option, device_option, emit_json, json_option, one_line_errors,
+                     open_prior, prior_option, steps_option)
 
 SUFFIX = ".dcp"
 _TABLE_ROWS = 12  # steps shown in the text report (--json has all of them)
@@ -39,13 +40,15 @@ _TABLE_ROWS = 12  # steps shown in the text report (--json has all of them)
                    "(x_0 coded around the network's prediction); end = walk the chain to x_1, then P(x_0|x_1).")
 @click.option("--threads", type=click.IntRange(min=1, max=255), default=1, show_default=True,
               help="torch threads for the network; recorded, the decoder uses the same.")
+@coding_engine_option("float32 (README, Engines: ONNX Runtime runs the network faster, but the candidate search "
+                      "dominates encoding)")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Encode only the first N input images.")
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 @device_option
 @json_option
 @one_line_errors
 def encode_cmd(inputs, out, prior_path, steps, spacing, target_psnr, target_bytes, target_bpd, chunk_bits, margin,
-               merge_bits, finish, threads, limit, force, device, as_json):
+               merge_bits, finish, threads, engine, limit, force, device, as_json):
     """Progressive coding of images, one file each (DDPM Algorithms 3 and 4).
 
     The file sends x_K, x_{K-1}, ... as samples of q by reverse channel coding against the prior,
@@ -66,7 +69,7 @@ def encode_cmd(inputs, out, prior_path, steps, spacing, target_psnr, target_byte
     targets = _output_paths(out, data.names, force)
     prior, _ = open_prior(prior_path, device)
     params = ProgressiveParams(steps=steps, spacing=Spacing(spacing), chunk_bits=chunk_bits, merge_bits=merge_bits,
-                               margin=margin, threads=threads, finish=finish).resolved(prior)
+                               margin=margin, threads=threads, finish=finish, engine=engine).resolved(prior)
     records = []
     for image, name, path in zip(data.images, data.names, targets):
         dims = int(image.size)
@@ -150,9 +153,10 @@ def _spread(n: int, k: int):
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 @prior_option
 @device_option
+@decoding_engine_option
 @json_option
 @one_line_errors
-def decode_cmd(file, out, upto, prefix_bytes, all_dir, recon, force, prior_path, device, as_json):
+def decode_cmd(file, out, upto, prefix_bytes, all_dir, recon, force, prior_path, device, engine, as_json):
     """Decode a progressive file (or any prefix of it) written by `diffcodec encode`.
 
     A cut file decodes to its last complete step (with a note that it is partial); a complete file
@@ -173,7 +177,8 @@ def decode_cmd(file, out, upto, prefix_bytes, all_dir, recon, force, prior_path,
     if prefix_bytes is not None:
         blob = blob[:prefix_bytes]
     prior, _ = open_prior(prior_path, device)
-    res = decode(prior, blob, steps=upto, keep_intermediates=all_dir is not None, recon=recon, progress=not as_json)
+    res = decode(prior, blob, steps=upto, keep_intermediates=all_dir is not None, recon=recon, progress=not as_json,
+                 engine=engine)
     if all_dir is not None:
         names = [f"step-{n:04d}.png" for n, _ in res.intermediates]
         folder = check_output_folder(all_dir, names, overwrite=force)
@@ -183,7 +188,7 @@ def decode_cmd(file, out, upto, prefix_bytes, all_dir, recon, force, prior_path,
     write_image(target, res.image)
     rec = {"out": str(target), "steps_decoded": res.steps_decoded, "total_steps": res.total_steps,
            "lossless": res.lossless, "complete": res.complete, "partial": not res.complete and upto is None, "bytes_read": len(blob), "recon": recon,
-           "seconds": res.seconds}
+           "seconds": res.seconds, "engine": res.engine}
     if as_json:
         emit_json(rec)
         return

@@ -28,6 +28,7 @@ import copy
 import importlib.util
 import io
 import warnings
+import weakref
 
 import torch
 from torch import nn
@@ -179,3 +180,17 @@ def with_engine(prior: Prior, engine: Engine | str, threads: int = 1) -> Prior:
             raise ValueError(f"engine onnxruntime runs on the CPU; the prior is on {device} (use --device cpu)")
         return with_net(prior, OnnxRuntimeNet(prior.net, prior.image_shape, threads))
     return with_net(prior, EngineNet(prior.net, engine))
+
+
+_CODING_VIEWS: "weakref.WeakKeyDictionary[Prior, dict]" = weakref.WeakKeyDictionary()
+
+
+def coding_view(prior: Prior, engine: Engine, threads: int) -> Prior:
+    """:func:`with_engine` made once per (prior, engine, threads) and kept while the prior lives: the
+    progressive coder codes one image per call, and an ONNX export costs about a second. For priors
+    that no longer change (loaded for coding): the ONNX graph is a snapshot of the weights."""
+    views = _CODING_VIEWS.setdefault(prior, {})
+    key = (Engine(engine), threads)
+    if key not in views:
+        views[key] = with_engine(prior, engine, threads)
+    return views[key]

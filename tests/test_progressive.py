@@ -354,3 +354,27 @@ def test_search_threads_do_not_change_the_file(prior):
     image = _image(11)
     one = encode(prior, image, dataclasses.replace(FAST, search_threads=1)).data
     assert encode(prior, image, dataclasses.replace(FAST, search_threads=2)).data == one
+
+
+@pytest.mark.parametrize("engine", ["float32", "onnxruntime"])
+def test_the_file_records_its_engine_and_the_decoder_runs_it(prior, engine):
+    if engine == "onnxruntime":
+        pytest.importorskip("onnxruntime")
+    image = _image(11)
+    res = encode(prior, image, dataclasses.replace(FAST, engine=engine))
+    header, _, _ = progressive_file.unpack(res.data)
+    assert progressive.CODING_ENGINES[header.engine].value == engine == res.engine
+    out = decode(prior, res.data)
+    assert out.complete and np.array_equal(out.image, image) and out.engine == engine
+    other = "onnxruntime" if engine == "float32" else "float32"
+    with pytest.raises(ValueError, match=f"engine {engine}.*engine {other}"):
+        decode(prior, res.data, engine=other)
+
+
+def test_onnxruntime_and_float32_files_differ_only_in_rounding(prior):
+    """The engines compute the same network (ORT differs from torch by about 1e-6), so the two files
+    of one image are about the same size; each decodes only under its own engine (test above)."""
+    pytest.importorskip("onnxruntime")
+    image = _image(12)
+    sizes = [len(encode(prior, image, dataclasses.replace(FAST, engine=e)).data) for e in ("float32", "onnxruntime")]
+    assert abs(sizes[0] - sizes[1]) <= 0.1 * sizes[0]

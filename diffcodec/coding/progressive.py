@@ -61,7 +61,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..defaults import CODEC_SPACING, CODEC_STEPS
+from ..defaults import CODEC_SPACING, CODEC_STEPS, CODING_ENGINES, Engine
+from ..engines import coding_engine, coding_view, decoding_engine
 from ..diffusion import model_to_pixels, pixels_to_model
 from ..prior import Prior
 from ..schedule import Spacing
@@ -95,6 +96,7 @@ class ProgressiveParams:
     max_batch: int = 64  # tiles per network call, recorded in the file
     search_threads: int = 2  # threads scoring candidates (encoder only: the file does not depend on it)
     finish: str = "best"  # exact end from the state where x_0 costs least ("best") or from x_1 ("end"); encoder only
+    engine: Engine = Engine.AUTO  # how the network runs (engines.coding_engine), recorded in the file
 
     def resolved(self, prior: Prior) -> "ProgressiveParams":
         if not 1 <= self.threads <= 255:
@@ -118,9 +120,10 @@ class ProgressiveParams:
         if self.finish not in FINISHES:
             raise ValueError(f"finish must be one of {', '.join(FINISHES)}, got {self.finish!r}")
         prior.schedule(self.steps, self.spacing)  # validates steps against the prior
+        engine = coding_engine(self.engine, next(prior.parameters(), torch.empty(0)).device)
         return ProgressiveParams(self.steps, Spacing(self.spacing), float(self.chunk_bits), float(self.merge_bits),
                                  float(self.skip_bits), float(self.margin), int(self.max_search_bits), int(self.threads),
-                                 int(self.max_batch), int(self.search_threads), self.finish)
+                                 int(self.max_batch), int(self.search_threads), self.finish, engine)
 
 
 @dataclass
@@ -133,8 +136,7 @@ class DecodeResult:
     header: pf.Header
     intermediates: list[np.ndarray] = field(default_factory=list)  # reconstructions after 0..steps_decoded steps
     seconds: float = 0.0
-
-
+    engine: str = "float32"  # the network's engine, as the file records
 
 
 @dataclass(frozen=True)
@@ -194,12 +196,13 @@ def encode(prior: Prior, image, params: ProgressiveParams = ProgressiveParams(),
     c, h, w = image.shape
     tiles = to_tiles(image[None], prior.image_shape[1])
     device = next(prior.parameters(), torch.empty(0)).device
-    chain = Chain(prior, schedule, tiles.shape, params.chunk_bits, params.merge_bits, params.max_batch, device)
+    chain = Chain(coding_view(prior, params.engine, params.threads), schedule, tiles.shape, params.chunk_bits,
+                  params.merge_bits, params.max_batch, device)
     K, D = schedule.num_steps, c * h * w
     header = pf.Header(prior_digest=prior.digest, steps=K, spacing=_SPACINGS.index(params.spacing),
                        chunk_quarters=round(4 * params.chunk_bits), merge_quarters=round(4 * params.merge_bits),
                        threads=params.threads, max_batch=params.max_batch, channels=c, height=h, width=w,
-                       stop=0, total_bytes=0, cuda=device.type == "cuda")
+                       stop=0, total_bytes=0, cuda=device.type == "cuda", engine=CODING_ENGINES.index(params.engine))
     x0 = pixels_to_model(torch.from_numpy(tiles), torch.float64).flatten(1)  # [B, D]
     coder = ArithmeticEncoder()
     records: list[StepRecord] = []
@@ -249,7 +252,8 @@ def encode(prior: Prior, image, params: ProgressiveParams = ProgressiveParams(),
             bar.update(jump)
             k -= jump
         bar.update(bar.total - bar.n)
-    done = dict(num_dims=D, total_steps=K, network_seconds=chain.network_seconds, search_seconds=search_seconds)
+    done = dict(num_dims=D, total_steps=K, network_seconds=chain.network_seconds, search_seconds=search_seconds,
+                engine=params.engine.value)
 
     def beats_lossy(size: int) -> bool:  # no lossy stop, a byte budget (exact is the best picture), or no larger
         return stop is None or target.max_bytes is not None or size <= records[stop].file_bytes
@@ -362,14 +366,15 @@ def _check_image(prior: Prior, image) -> np.ndarray:
 
 
 def decode(prior: Prior, data: bytes, steps: int | None = None, keep_intermediates: bool = False,
-           recon: str = "mean", progress: bool = False) -> DecodeResult:
+           recon: str = "mean", progress: bool = False, engine: Engine | str | None = None) -> DecodeResult:
     """A progressive file (or any prefix of it) → the image, or a reconstruction from the last complete step.
 
     ``steps`` stops after that many nominal reverse steps (K = everything). A prefix (a truncated
     file) decodes every complete step; a complete file is verified by its CRC over file and pixels.
     ``recon``: "mean" shows x̂_0 of the last decoded latent (the best PSNR); "sample" finishes the
     chain from it with the prior's own ancestral sampling (seeded; sharper, lower PSNR). The exact
-    image is returned whenever the file's lossless end was decoded.
+    image is returned whenever the file's lossless end was decoded. The network runs through the
+    engine the file records; ``engine``, when given and not auto, must be that one (engines.decoding_engine).
     """
     if recon not in ("mean", "sample"):
         raise ValueError(f"recon must be mean or sample, got {recon!r}")
@@ -386,12 +391,15 @@ def decode(prior: Prior, data: bytes, steps: int | None = None, keep_intermediat
         made, here = ("CUDA", "CPU") if header.cuda else ("CPU", "CUDA")
         raise ValueError(f"file was encoded on {made} and can only be decoded there (this run uses {here}; "
                          f"pass --device {'cuda' if header.cuda else 'cpu'})")
+    if header.engine >= len(CODING_ENGINES):
+        raise ValueError("progressive file is corrupted (unknown engine in its header)")
+    file_engine = decoding_engine(CODING_ENGINES[header.engine], device, engine)
     schedule = prior.schedule(header.steps, _SPACINGS[header.spacing])
     K = schedule.num_steps
     tiles_shape = (math.ceil(header.height / size) * math.ceil(header.width / size), c, size, size)
     pf.check_work(header, tiles_shape[0])
-    chain = Chain(prior, schedule, tiles_shape, header.chunk_quarters / 4, header.merge_quarters / 4,
-                  header.max_batch, device)
+    chain = Chain(coding_view(prior, file_engine, header.threads), schedule, tiles_shape, header.chunk_quarters / 4,
+                  header.merge_quarters / 4, header.max_batch, device)
     limit = min(K if steps is None else steps, header.stop)
     reader = ArithmeticDecoder(body, complete=complete)
     x, k, jump = _start(tiles_shape), K, None
@@ -429,4 +437,5 @@ def decode(prior: Prior, data: bytes, steps: int | None = None, keep_intermediat
         with pinned_threads(header.threads):
             final = _finish_by_sampling(chain, x, k, eps, v, header.height, header.width)
     return DecodeResult(image=final, steps_decoded=done, total_steps=K, complete=verified, lossless=lossless,
-                        header=header, intermediates=intermediates, seconds=time.perf_counter() - t_start)
+                        header=header, intermediates=intermediates, seconds=time.perf_counter() - t_start,
+                        engine=file_engine.value)

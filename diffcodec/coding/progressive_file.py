@@ -5,7 +5,8 @@ A 28×28 file is a few hundred bytes, so every count is an unsigned LEB128 varin
     magic b"DP" (2) · format version 3 (1) · prior digest, first 2 bytes of its SHA-256 (2)
     varint flags: bit 0 = the default coder parameters (below), bit 1 = three channels (else one),
              bits 2-6 = finish (0: a lossy file; else how x_0 follows the last step, coding.progressive_finish),
-             bit 7 = network and candidates ran on CUDA (decodable only there; else CPU)
+             bit 7 = network and candidates ran on CUDA (decodable only there; else CPU),
+             bit 8 = the network ran through ONNX Runtime (defaults.CODING_ENGINES[1]; else float32 torch)
     varints, only when bit 0 is clear: steps K, spacing (0 even, 1 front), chunk size κ and merge
              size in quarter bits, torch threads, tiles per network call
     varints: height H, width W, stop (reverse steps sent in the file, < K), total file bytes
@@ -73,6 +74,7 @@ class Header:
     total_bytes: int
     cuda: bool = False  # candidates and network on a CUDA device (their numbers differ from the CPU's)
     finish: int = 0  # how x_0 follows step ``stop`` (coding.progressive_finish); 0: a lossy file
+    engine: int = 0  # the network's engine: an index into defaults.CODING_ENGINES
 
     def __post_init__(self):
         object.__setattr__(self, "prior_digest", self.prior_digest[: 2 * DIGEST_BYTES])
@@ -87,7 +89,7 @@ def replace(header: Header, **changes) -> Header:
 
 def _header_bytes(h: Header) -> bytes:
     params = tuple(getattr(h, f) for f in _PARAMS)
-    flags = (params == DEFAULT_PARAMS) | (2 if h.channels == 3 else 0) | (h.finish << 2) | (128 if h.cuda else 0)
+    flags = (params == DEFAULT_PARAMS) | (2 if h.channels == 3 else 0) | (h.finish << 2) | (128 if h.cuda else 0) | (h.engine << 8)
     out = MAGIC + bytes([VERSION]) + bytes.fromhex(h.prior_digest)[:DIGEST_BYTES] + encode_varint(flags)
     if not flags & 1:
         out += b"".join(encode_varint(v) for v in params)
@@ -147,12 +149,13 @@ def unpack(blob: bytes) -> tuple[Header, bytes, bool]:
         values["channels"] = 3 if flags & 2 else 1
         values["finish"] = (flags >> 2) & 31
         values["cuda"] = bool(flags & 128)
+        values["engine"] = flags >> 8
         (crc,) = struct.unpack_from("<H", blob, pos)
     except (IndexError, struct.error):
         raise ValueError(f"progressive file is truncated inside its header ({len(blob)} bytes)") from None
     if crc != binascii.crc_hqx(blob[:pos], 0xFFFF):
         raise ValueError("progressive file is corrupted (header checksum mismatch)")
-    if flags >> 8:
+    if flags >> 9:
         raise ValueError("progressive file is corrupted (unknown header flags)")
     header = Header(prior_digest=blob[m + 1 : m + 1 + DIGEST_BYTES].hex(), **values)
     _check_fields(header)

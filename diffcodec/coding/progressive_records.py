@@ -43,6 +43,7 @@ class EncodeResult:
     network_seconds: float
     search_seconds: float
     exact_from: int | None = None  # an exact file: the step after which x_0 follows (coding.progressive_finish)
+    engine: str = "float32"  # the network's engine (engines.coding_engine), recorded in the file
 
     def to_dict(self) -> dict:
         return {
@@ -54,6 +55,7 @@ class EncodeResult:
             "total_steps": self.total_steps,
             "seconds": self.seconds,
             "network_seconds": self.network_seconds,
+            "engine": self.engine,
             "search_seconds": self.search_seconds,
             "steps": [{**step_dict(s, self.num_dims), "in_file": self.in_file(s)} for s in self.steps],
         }
