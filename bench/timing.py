@@ -15,6 +15,11 @@ On the first N images (default 10; ``--quick`` 3), torch pinned to one thread, e
   image-steps per second, beside the network alone at nll's pairs per call for at least as long
   (``bench.nll_throughput.network_ceiling``).
 
+The coders run the engine their ``--engine auto`` picks here (engines.coding_engine: ONNX Runtime on
+the CPU when it is installed); the calls are recorded on, and the floors replay, that engine's network
+(engines.coding_view). When it is not float32, encode, decode, compress and decompress are measured
+again with float32 (``operations_by_engine``), the reference beside it.
+
 Each operation and its floor run back to back (the floor after it in the first of ``ROUNDS`` = 3
 rounds, before it in the second, and so on), so that a busy machine slows both alike; the 1-minute
 load average is recorded with every measurement. Headline: the best round of each side (timeit's rule: slower rounds are other
@@ -36,7 +41,8 @@ import torch
 
 from diffcodec.coding.lossless import CodecParams, compress, decompress, pinned_threads
 from diffcodec.coding.progressive import ProgressiveParams, decode, encode
-from diffcodec.defaults import DEFAULT_PAIRS_PER_CALL
+from diffcodec.defaults import DEFAULT_PAIRS_PER_CALL, Engine
+from diffcodec.engines import coding_engine, coding_view
 from diffcodec.likelihood import evaluate_nll
 from diffcodec.schedule import Spacing
 
@@ -164,22 +170,23 @@ def _nll(rounds: Rounds, prior, images: np.ndarray, schedule) -> None:
                        "network_alone_image_steps_per_s": ceiling, "total_bpd": res.total_bpd, "loadavg_1min": _load()})
 
 
-def measure(ctx, images: np.ndarray, nll_images: np.ndarray) -> Rounds:
+def measure(ctx, images: np.ndarray, nll_images: np.ndarray, engine: Engine, nll: bool = True) -> Rounds:
     prior = ctx.prior
     spacing = Spacing(ctx.spacing)
-    progressive = ProgressiveParams(steps=ctx.chain_steps, spacing=spacing, threads=THREADS)
-    lossless = CodecParams(steps=ctx.chain_steps, spacing=spacing, threads=THREADS)
+    progressive = ProgressiveParams(steps=ctx.chain_steps, spacing=spacing, threads=THREADS, engine=engine)
+    lossless = CodecParams(steps=ctx.chain_steps, spacing=spacing, threads=THREADS, engine=engine)
     schedule = prior.schedule(ctx.chain_steps, spacing)
-    rounds, files = Rounds(prior), {}
+    rounds, files = Rounds(coding_view(prior, engine, THREADS)), {}  # the network the coders run, hooked and replayed
     with pinned_threads(THREADS):
         for r in range(ROUNDS):
             rounds.round = r
-            ctx.log(f"  round {r + 1}/{ROUNDS}: encode/decode of {len(images)} images (load {_load():.2f})")
+            ctx.log(f"  round {r + 1}/{ROUNDS}, engine {engine.value}: encode/decode of {len(images)} images (load {_load():.2f})")
             _progressive(rounds, prior, images, progressive, files)
             ctx.log(f"  round {r + 1}/{ROUNDS}: compress/decompress (load {_load():.2f})")
             _lossless(rounds, prior, images, lossless)
-            ctx.log(f"  round {r + 1}/{ROUNDS}: nll on {len(nll_images)} images (load {_load():.2f})")
-            _nll(rounds, prior, nll_images, schedule)
+            if nll:
+                ctx.log(f"  round {r + 1}/{ROUNDS}: nll on {len(nll_images)} images (load {_load():.2f})")
+                _nll(rounds, prior, nll_images, schedule)
     return rounds
 
 
@@ -194,7 +201,7 @@ def _per_image(per_round: list[list[dict]], num: int) -> dict:
             "loadavg_1min_per_round": [max(x["loadavg_1min"] for x in r) for r in per_round]}
 
 
-def summarize(rows: dict, num: int, steps: int) -> dict:
+def summarize(rows: dict, num: int, steps: int, nll: bool = True) -> dict:
     out = {}
     for name in ("encode", "decode"):
         out[name] = _per_image(rows[name], num)
@@ -209,6 +216,8 @@ def summarize(rows: dict, num: int, steps: int) -> dict:
                          over_in_run_network=fastest["seconds"] / fastest["in_run_network_s"],
                          batch_sizes=fastest["batch_sizes"],
                          floor="the operation's network calls (batches as it made them) replayed alone")
+    if not nll:
+        return out
     nll = [r[0] for r in rows["nll"]]
     rate = max(x["image_steps_per_s"] for x in nll)
     alone = max(x["network_alone_image_steps_per_s"] for x in nll)
@@ -227,17 +236,24 @@ def stage(ctx) -> dict:
     nll_images = ctx.images[: min(ctx.num, QUICK_NLL_IMAGES if ctx.quick else NLL_IMAGES)]
     load_before = os.getloadavg()
     t0 = time.perf_counter()
-    rounds = measure(ctx, images, nll_images)
+    engine = coding_engine(Engine.AUTO)  # what the coders run by default here
+    rounds = measure(ctx, images, nll_images, engine)
+    by_engine = {engine.value: summarize(rounds.rows, num, ctx.chain_steps)}
+    if engine is not Engine.FLOAT32:  # the reference beside it
+        ref = measure(ctx, images, nll_images, Engine.FLOAT32, nll=False)
+        by_engine[Engine.FLOAT32.value] = summarize(ref.rows, num, ctx.chain_steps, nll=False)
     body = ctx.write("timing", {
         "label": "diffcodec timing beside the network floor", "prior_digest": ctx.prior.digest, "data": ctx.data,
         "num_images": num, "num_dims": int(images[0].size), "steps": ctx.chain_steps, "spacing": ctx.spacing,
         "threads": THREADS, "rounds": ROUNDS,
         "rule": "best round of each side (per image for encode/decode); ratio = operation seconds / floor seconds; "
                 "floors replay the network calls each operation made, alone, in the same run",
-        "operations": summarize(rounds.rows, num, ctx.chain_steps),
+        "engine": engine.value,
+        "operations": by_engine[engine.value],
+        "operations_by_engine": by_engine,
         "loadavg_1min_before_after": [round(load_before[0], 2), _load()],
         "wall_seconds": time.perf_counter() - t0,
-        "measurements": rounds.rows,
+        "measurements": rounds.rows,  # the default engine's
     })
     plot(body, ctx.png("timing"))
     return body

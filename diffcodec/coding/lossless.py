@@ -55,7 +55,7 @@ from tqdm.auto import tqdm
 
 from ..defaults import CODEC_SPACING, CODEC_STEPS, DEFAULT_GRID, DEFAULT_MAX_BATCH, Engine
 from ..diffusion import as_pixels
-from ..engines import coding_engine, decoding_engine, with_engine
+from ..engines import coding_engine, coding_view, decoding_engine
 from ..prior import Prior
 from ..schedule import Spacing
 from .ans import MARGIN_WORDS, WORD_BITS, Stack
@@ -265,7 +265,7 @@ def compress(prior: Prior, images, names: list[str], params: CodecParams = Codec
     tiles = to_tiles(images, prior.image_shape[1])
     with pinned_threads(params.threads), tqdm(total=(len(tiles) - 1) * params.steps, desc="compress",
                                               unit="tile-step", disable=not progress, leave=False) as bar:
-        net = _Network(with_engine(prior, params.engine, params.threads), schedule, bar)
+        net = _Network(coding_view(prior, params.engine, params.threads), schedule, bar)
         boots, stack, sizes, dip = _start(tiles, grid, net)
         start = len(boots) + sum(sizes)
         while start < len(tiles):
@@ -360,7 +360,7 @@ def decompress(prior: Prior, blob: bytes, progress: bool = False, engine: Engine
     stack = Stack.from_words(payload)
     with pinned_threads(header.threads), tqdm(total=(num_tiles - num_boot) * header.steps, desc="decompress",
                                               unit="tile-step", disable=not progress, leave=False) as bar:
-        net = _Network(with_engine(prior, file_engine, header.threads), schedule, bar)
+        net = _Network(coding_view(prior, file_engine, header.threads), schedule, bar)
         end = num_tiles
         for n in reversed(sizes):
             tiles[end - n : end] = decode_batch(stack, grid, net, (n, c, size, size))
