@@ -4,6 +4,11 @@ A data SPEC is one of:
 
 - ``fashion-mnist:train`` / ``fashion-mnist:test``: the IDX files of Debian's ``dataset-fashion-mnist``
   (60,000 / 10,000 images of 1×28×28);
+- ``photos:train`` / ``photos:test``: the prepared colour photograph corpus (``python -m
+  diffcodec.photos prepare``; see :mod:`diffcodec.photos`). Its photos differ in size and an ImageSet
+  holds one size, so the whole photos load here only when they happen to share one;
+  ``photos:SPLIT:SIZE`` gives their non-overlapping SIZE×SIZE tiles. Whole photos of any size:
+  ``diffcodec.photos.load_photos``; random training crops: ``diffcodec.photos.photo_crops``;
 - a folder of image files (PNG and other lossless formats, sorted by name; not recursive);
 - one image file;
 - an ``.npy`` file of uint8 images [N, H, W], [N, C, H, W] or [N, H, W, C] (C ∈ {1, 3}), or an
@@ -150,9 +155,13 @@ def load_images(spec: str, channels: int | None = None, size: tuple[int, int] | 
 def _load(spec: str) -> ImageSet:
     if spec.startswith("fashion-mnist:"):
         return load_fashion_mnist(spec.split(":", 1)[1])
+    if spec.startswith("photos:"):
+        from .photos import load_spec  # photos imports this module
+
+        return load_spec(spec)
     path = Path(spec)
     if not path.exists():
-        raise ValueError(f"{spec}: no such file or folder (expected a folder of PNGs, an image, .npy/.npz or fashion-mnist:train|test)")
+        raise ValueError(f"{spec}: no such file or folder (expected a folder of PNGs, an image, .npy/.npz, fashion-mnist:train|test or photos:train|test)")
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
         bad = [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
