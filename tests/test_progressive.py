@@ -378,3 +378,17 @@ def test_onnxruntime_and_float32_files_differ_only_in_rounding(prior):
     image = _image(12)
     sizes = [len(encode(prior, image, dataclasses.replace(FAST, engine=e)).data) for e in ("float32", "onnxruntime")]
     assert abs(sizes[0] - sizes[1]) <= 0.1 * sizes[0]
+
+
+def test_the_search_scores_the_candidates_the_decoder_regenerates():
+    """The search's block scores (reused buffers) are Σ a m² + b m at the bin means of the codes that
+    rcc.codes gives the decoder for the same indices."""
+    gen = torch.Generator().manual_seed(5)
+    d, size = 37, 64
+    a = -0.01 * torch.rand(d, 1, generator=gen)
+    b = torch.randn(d, 1, generator=gen)
+    got = rcc._Buffers(size, d, "cpu").scores(99, 3, a, b).view(-1)
+    means = torch.tensor(rcc.BIN_MEANS, dtype=torch.float32)
+    for row in (0, 17, size - 1):
+        m = means[rcc.codes(99, 3 * size + row + 1, d, size).long()]
+        assert torch.allclose(got[row], (a.view(-1) * m * m + b.view(-1) * m).sum(), atol=1e-4)

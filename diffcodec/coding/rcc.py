@@ -126,10 +126,28 @@ def _block_codes(seed: int, block: int, size: int, d: int, device) -> torch.Tens
     return words.view(torch.uint8)[: size * d].view(size, d)
 
 
-def _block(seed: int, block: int, size: int, d: int, device) -> torch.Tensor:
-    """Candidate block ``block`` at its bins' conditional means: [size, d] float32 (what the search scores)."""
-    table = _MEANS32.to(device)
-    return table.index_select(0, _block_codes(seed, block, size, d, device).flatten().int()).view(size, d)
+class _Buffers:
+    """One search thread's tensors for a block of ``size`` candidates of ``d`` dimensions: :meth:`scores`
+    gives Σ a ε² + b ε of each at its bins' conditional means, the codes as :func:`_block_codes` draws them."""
+
+    def __init__(self, size: int, d: int, device):
+        self.words = torch.empty(-(-size * d // 8), dtype=torch.int64, device=device)
+        self.index = torch.empty(size * d, dtype=torch.int32, device=device)
+        self.eps = torch.empty(size, d, dtype=torch.float32, device=device)
+        self.square = torch.empty(size, d, dtype=torch.float32, device=device)
+        self.quad = torch.empty(size, 1, dtype=torch.float32, device=device)
+        self.out = torch.empty(size, 1, dtype=torch.float32, device=device)
+        self.table = _MEANS32.to(device)
+        self.n, self.device = size * d, device
+
+    def scores(self, seed: int, block: int, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        gen = torch.Generator(device=self.device).manual_seed(seed_of(seed, block))
+        self.words.random_(-(2**63), None, generator=gen)  # as _block_codes draws them
+        self.index.copy_(self.words.view(torch.uint8)[: self.n])
+        torch.index_select(self.table, 0, self.index, out=self.eps.view(-1))
+        torch.mul(self.eps, self.eps, out=self.square)
+        torch.mm(self.square, a, out=self.quad)
+        return torch.addmm(self.quad, self.eps, b, out=self.out)
 
 
 def codes(seed: int, index: int, d: int, size: int, device="cpu") -> torch.Tensor:
@@ -188,12 +206,12 @@ def select(a: torch.Tensor, b: torch.Tensor, seed: int, kl_bits: float, margin: 
 
     def run(blocks: range) -> tuple[float, int, int]:
         best, best_index, drawn = -math.inf, 0, 0
+        buf = _Buffers(size, d, device)  # reused block after block: fresh megabyte tensors cost page faults
         for blk in blocks:
             if first[blk] > ceiling - best:
                 break  # no later candidate can win: its log w is at most the ceiling
             drawn += size
-            eps = _block(seed, blk, size, d, device)
-            score = ((eps * eps) @ a32 + eps @ b32).view(-1).double() - arrivals[blk * size : (blk + 1) * size]
+            score = buf.scores(seed, blk, a32, b32).view(-1).double() - arrivals[blk * size : (blk + 1) * size]
             value, row = torch.max(score, 0)
             if float(value) > best:
                 best, best_index = float(value), blk * size + int(row) + 1
