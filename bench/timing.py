@@ -15,10 +15,10 @@ On the first N images (default 10; ``--quick`` 3), torch pinned to one thread, e
   image-steps per second, beside the network alone at nll's pairs per call for at least as long
   (``bench.nll_throughput.network_ceiling``).
 
-The coders run the engine their ``--engine auto`` picks here (engines.coding_engine: ONNX Runtime on
-the CPU when it is installed); the calls are recorded on, and the floors replay, that engine's network
-(engines.coding_view). When it is not float32, encode, decode, compress and decompress are measured
-again with float32 (``operations_by_engine``), the reference beside it.
+The coders run once per coding engine (float32, and onnxruntime when installed: ``operations_by_engine``);
+the calls are recorded on, and the floors replay, that engine's network (engines.coding_view).
+``operations`` takes each operation from the engine its ``--engine auto`` picks here (``engines``:
+float32 for encode/decode, ONNX Runtime for compress/decompress when it is installed).
 
 Each operation and its floor run back to back (the floor after it in the first of ``ROUNDS`` = 3
 rounds, before it in the second, and so on), so that a busy machine slows both alike; the 1-minute
@@ -41,8 +41,8 @@ import torch
 
 from diffcodec.coding.lossless import CodecParams, compress, decompress, pinned_threads
 from diffcodec.coding.progressive import ProgressiveParams, decode, encode
-from diffcodec.defaults import DEFAULT_PAIRS_PER_CALL, Engine
-from diffcodec.engines import coding_engine, coding_view
+from diffcodec.defaults import AUTO_PROGRESSIVE_ENGINE, CODING_ENGINES, DEFAULT_PAIRS_PER_CALL, Engine
+from diffcodec.engines import coding_engine, coding_view, onnxruntime_available
 from diffcodec.likelihood import evaluate_nll
 from diffcodec.schedule import Spacing
 
@@ -91,15 +91,16 @@ class Rounds:
     round: the operations are deterministic, which is checked).
     """
 
-    def __init__(self, prior):
-        self.prior, self.round = prior, 0
+    def __init__(self):
+        self.round = 0
         self.calls: dict[str, list[int]] = {}
         self.rows: dict[str, list[list[dict]]] = {}  # name → per round → per item
 
-    def run(self, name: str, key: str, op) -> tuple[object, dict]:
+    def run(self, name: str, key: str, op, prior) -> tuple[object, dict]:
+        """``prior``: the network ``op`` runs (its engine's view), hooked and replayed."""
         known = self.calls.get(key)
-        floor_s = replay_seconds(self.prior, known) if known is not None and self.round % 2 else None
-        with recorded_calls(self.prior) as calls:
+        floor_s = replay_seconds(prior, known) if known is not None and self.round % 2 else None
+        with recorded_calls(prior) as calls:
             t0 = time.perf_counter()
             result = op()
             seconds = time.perf_counter() - t0
@@ -107,7 +108,7 @@ class Rounds:
             raise RuntimeError(f"{key}: the network calls differ between rounds")
         self.calls[key] = list(calls)
         if floor_s is None:
-            floor_s = replay_seconds(self.prior, calls)
+            floor_s = replay_seconds(prior, calls)
         row = {"seconds": seconds, "floor_s": floor_s, "network_calls": len(calls), "loadavg_1min": _load()}
         self.add(name, row)
         return result, row
@@ -125,13 +126,14 @@ def _load() -> float:
 
 def _progressive(rounds: Rounds, prior, images: np.ndarray, params: ProgressiveParams, files: dict) -> None:
     """encode and decode of every image, each beside its floor."""
+    net = coding_view(prior, params.engine, params.threads)
     for i, image in enumerate(images):
-        enc, row = rounds.run("encode", f"encode-{i}", lambda: encode(prior, image, params))
+        enc, row = rounds.run("encode", f"encode-{i}", lambda: encode(prior, image, params), net)
         row.update(search_s=enc.search_seconds, encode_result_s=enc.seconds, in_run_network_s=enc.network_seconds,
                    step_records=len(enc.steps), file_bytes=len(enc.data))
         if files.setdefault(i, enc.data) != enc.data:
             raise RuntimeError(f"image {i}: encode gave different files in two rounds")
-        dec, _ = rounds.run("decode", f"decode-{i}", lambda: decode(prior, enc.data))
+        dec, _ = rounds.run("decode", f"decode-{i}", lambda: decode(prior, enc.data), net)
         if not np.array_equal(dec.image, image):
             raise RuntimeError(f"image {i} did not decode exactly")
 
@@ -139,10 +141,11 @@ def _progressive(rounds: Rounds, prior, images: np.ndarray, params: ProgressiveP
 def _lossless(rounds: Rounds, prior, images: np.ndarray, params: CodecParams) -> None:
     """compress and decompress of the images as one set, each beside its floor."""
     names = [f"img-{i:03d}.png" for i in range(len(images))]
-    (blob, stats), row = rounds.run("compress", "compress", lambda: compress(prior, images, names, params))
+    net = coding_view(prior, params.engine, params.threads)
+    (blob, stats), row = rounds.run("compress", "compress", lambda: compress(prior, images, names, params), net)
     row.update(in_run_network_s=stats.network_seconds, file_bits=stats.file_bits,
                batch_sizes=_histogram(rounds.calls["compress"]))
-    (out, _, stats), row = rounds.run("decompress", "decompress", lambda: decompress(prior, blob))
+    (out, _, stats), row = rounds.run("decompress", "decompress", lambda: decompress(prior, blob), net)
     row.update(in_run_network_s=stats.network_seconds, batch_sizes=_histogram(rounds.calls["decompress"]))
     if not np.array_equal(out, images):
         raise RuntimeError("decompress did not return the images exactly")
@@ -171,18 +174,20 @@ def _nll(rounds: Rounds, prior, images: np.ndarray, schedule) -> None:
 
 
 def measure(ctx, images: np.ndarray, nll_images: np.ndarray, engine: Engine, nll: bool = True) -> Rounds:
+    """encode, decode, compress and decompress through ``engine``, and nll (float32) when ``nll``."""
     prior = ctx.prior
     spacing = Spacing(ctx.spacing)
-    progressive = ProgressiveParams(steps=ctx.chain_steps, spacing=spacing, threads=THREADS, engine=engine)
-    lossless = CodecParams(steps=ctx.chain_steps, spacing=spacing, threads=THREADS, engine=engine)
+    progressive = ProgressiveParams(steps=ctx.chain_steps, spacing=spacing, threads=THREADS, engine=engine).resolved(prior)
+    lossless = CodecParams(steps=ctx.chain_steps, spacing=spacing, threads=THREADS, engine=engine).resolved(prior)
     schedule = prior.schedule(ctx.chain_steps, spacing)
-    rounds, files = Rounds(coding_view(prior, engine, THREADS)), {}  # the network the coders run, hooked and replayed
+    rounds, files = Rounds(), {}
     with pinned_threads(THREADS):
         for r in range(ROUNDS):
             rounds.round = r
-            ctx.log(f"  round {r + 1}/{ROUNDS}, engine {engine.value}: encode/decode of {len(images)} images (load {_load():.2f})")
+            ctx.log(f"  round {r + 1}/{ROUNDS}, engine {progressive.engine.value}: encode/decode of {len(images)} images "
+                    f"(load {_load():.2f})")
             _progressive(rounds, prior, images, progressive, files)
-            ctx.log(f"  round {r + 1}/{ROUNDS}: compress/decompress (load {_load():.2f})")
+            ctx.log(f"  round {r + 1}/{ROUNDS}, engine {lossless.engine.value}: compress/decompress (load {_load():.2f})")
             _lossless(rounds, prior, images, lossless)
             if nll:
                 ctx.log(f"  round {r + 1}/{ROUNDS}: nll on {len(nll_images)} images (load {_load():.2f})")
@@ -236,24 +241,29 @@ def stage(ctx) -> dict:
     nll_images = ctx.images[: min(ctx.num, QUICK_NLL_IMAGES if ctx.quick else NLL_IMAGES)]
     load_before = os.getloadavg()
     t0 = time.perf_counter()
-    engine = coding_engine(Engine.AUTO)  # what the coders run by default here
-    rounds = measure(ctx, images, nll_images, engine)
-    by_engine = {engine.value: summarize(rounds.rows, num, ctx.chain_steps)}
-    if engine is not Engine.FLOAT32:  # the reference beside it
-        ref = measure(ctx, images, nll_images, Engine.FLOAT32, nll=False)
-        by_engine[Engine.FLOAT32.value] = summarize(ref.rows, num, ctx.chain_steps, nll=False)
+    progressive, lossless = (coding_engine(Engine.AUTO, "cpu", auto) for auto in (AUTO_PROGRESSIVE_ENGINE, None))
+    engines = {"encode": progressive.value, "decode": progressive.value, "compress": lossless.value,
+               "decompress": lossless.value, "nll": Engine.FLOAT32.value}
+    by_engine, rows = {}, {}
+    for engine in CODING_ENGINES:
+        if engine is Engine.ONNXRUNTIME and not onnxruntime_available():
+            continue
+        ref = engine is Engine.FLOAT32  # nll runs float32 (the library's default), measured once
+        rows[engine.value] = measure(ctx, images, nll_images, engine, nll=ref).rows
+        by_engine[engine.value] = summarize(rows[engine.value], num, ctx.chain_steps, nll=ref)
+    operations = {op: by_engine[engines[op]][op] for op in engines}
     body = ctx.write("timing", {
         "label": "diffcodec timing beside the network floor", "prior_digest": ctx.prior.digest, "data": ctx.data,
         "num_images": num, "num_dims": int(images[0].size), "steps": ctx.chain_steps, "spacing": ctx.spacing,
         "threads": THREADS, "rounds": ROUNDS,
         "rule": "best round of each side (per image for encode/decode); ratio = operation seconds / floor seconds; "
                 "floors replay the network calls each operation made, alone, in the same run",
-        "engine": engine.value,
-        "operations": by_engine[engine.value],
+        "engines": engines,
+        "operations": operations,
         "operations_by_engine": by_engine,
         "loadavg_1min_before_after": [round(load_before[0], 2), _load()],
         "wall_seconds": time.perf_counter() - t0,
-        "measurements": rounds.rows,  # the default engine's
+        "measurements": rows,  # per engine
     })
     plot(body, ctx.png("timing"))
     return body

@@ -115,9 +115,9 @@ def resolve_engine(engine: Engine | str, device: torch.device | str = "cpu") -> 
     return Engine.FLOAT32 if engine is Engine.ONNXRUNTIME and not onnxruntime_available() else engine
 
 
-def coding_engine(engine: Engine | str, device: torch.device | str = "cpu") -> Engine:
-    """The engine a coder runs for ``engine`` on ``device``: AUTO → :data:`AUTO_CODING_ENGINE` for the
-    device type (FLOAT32 where not measured, and in place of ONNXRUNTIME when it is not installed).
+def coding_engine(engine: Engine | str, device: torch.device | str = "cpu", auto: dict | None = None) -> Engine:
+    """The engine a coder runs for ``engine`` on ``device``: AUTO → ``auto`` (default
+    :data:`AUTO_CODING_ENGINE`, the lossless coder's) for the device type (FLOAT32 where not measured, and in place of ONNXRUNTIME when it is not installed).
     ValueError (one line) for an unknown name, an engine outside CODING_ENGINES, ONNXRUNTIME
     when it is not installed (naming the packages) or on another device than the CPU.
 
@@ -130,7 +130,7 @@ def coding_engine(engine: Engine | str, device: torch.device | str = "cpu") -> E
     (inductor's generated code, NHWC kernels): refused.
     """
     if engine == Engine.AUTO:  # a str enum: the name or the member
-        chosen = AUTO_CODING_ENGINE.get(torch.device(device).type, Engine.FLOAT32)
+        chosen = (AUTO_CODING_ENGINE if auto is None else auto).get(torch.device(device).type, Engine.FLOAT32)
         return Engine.FLOAT32 if chosen is Engine.ONNXRUNTIME and not onnxruntime_available() else chosen
     engine = resolve_engine(engine, device)
     if engine not in CODING_ENGINES:

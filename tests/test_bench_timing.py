@@ -40,8 +40,14 @@ def test_timing_stage(tiny_ctx, monkeypatch):
     for name in ("compress", "decompress"):
         assert ops[name]["over_in_run_network"] >= 1
         assert sum(ops[name]["batch_sizes"].values()) == ops[name]["network_calls_per_image"] * 2
-    rows = body["measurements"]["encode"]
+    rows = body["measurements"]["float32"]["encode"]
     assert len(rows) == timing.ROUNDS and all(len(r) == 2 and r[0]["loadavg_1min"] >= 0 for r in rows)
+    # every coding engine measured in the same run, floors replayed through that engine's network
+    assert body["engines"]["encode"] == "float32" and body["engines"]["nll"] == "float32"
+    for engine, by in body["operations_by_engine"].items():
+        assert by["encode"]["network_calls_per_image"] > 0 and by["compress"]["floor_seconds_per_image"] > 0, engine
+        assert ("nll" in by) == (engine == "float32")
+    assert ops["compress"] == body["operations_by_engine"][body["engines"]["compress"]]["compress"]
 
 
 def test_recorded_calls_are_the_lossless_batches(tiny_prior):

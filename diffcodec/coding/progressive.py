@@ -61,7 +61,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..defaults import CODEC_SPACING, CODEC_STEPS, CODING_ENGINES, Engine
+from ..defaults import AUTO_PROGRESSIVE_ENGINE, CODEC_SPACING, CODEC_STEPS, CODING_ENGINES, Engine
 from ..engines import coding_engine, coding_view, decoding_engine
 from ..diffusion import model_to_pixels, pixels_to_model
 from ..prior import Prior
@@ -96,7 +96,7 @@ class ProgressiveParams:
     max_batch: int = 64  # tiles per network call, recorded in the file
     search_threads: int = 2  # threads scoring candidates (encoder only: the file does not depend on it)
     finish: str = "best"  # exact end from the state where x_0 costs least ("best") or from x_1 ("end"); encoder only
-    engine: Engine = Engine.AUTO  # how the network runs (engines.coding_engine), recorded in the file
+    engine: Engine = Engine.FLOAT32  # how the network runs (engines.coding_engine; AUTO: float32), recorded in the file
 
     def resolved(self, prior: Prior) -> "ProgressiveParams":
         if not 1 <= self.threads <= 255:
@@ -120,7 +120,7 @@ class ProgressiveParams:
         if self.finish not in FINISHES:
             raise ValueError(f"finish must be one of {', '.join(FINISHES)}, got {self.finish!r}")
         prior.schedule(self.steps, self.spacing)  # validates steps against the prior
-        engine = coding_engine(self.engine, next(prior.parameters(), torch.empty(0)).device)
+        engine = coding_engine(self.engine, next(prior.parameters(), torch.empty(0)).device, AUTO_PROGRESSIVE_ENGINE)
         return ProgressiveParams(self.steps, Spacing(self.spacing), float(self.chunk_bits), float(self.merge_bits),
                                  float(self.skip_bits), float(self.margin), int(self.max_search_bits), int(self.threads),
                                  int(self.max_batch), int(self.search_threads), self.finish, engine)
