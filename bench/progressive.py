@@ -43,7 +43,7 @@ from .timing import replay_seconds
 NUM, QUICK_NUM = 100, 8
 TIMED, QUICK_TIMED = 20, 2
 TRADEOFF, QUICK_TRADEOFF = 12, 2
-TRADEOFF_GRID = [(8.0, 6.5), (9.0, 6.0), (10.0, 4.5), (10.0, 5.25), (10.0, 6.0), (10.0, 6.5), (12.0, 6.5)]
+TRADEOFF_GRID = [(8.0, 6.5), (9.0, 6.0), (10.0, 4.5), (10.0, 5.25), (10.0, 6.0), (10.0, 7.0), (12.0, 6.5)]
 RATE_CHECK_BITS = 100.0  # the rate target applies where the cumulative KL exceeds this
 
 

@@ -32,9 +32,9 @@ _TABLE_ROWS = 12  # steps shown in the text report (--json has all of them)
 @click.option("--chunk-bits", type=float, default=10.0, show_default=True,
               help="Most KL per chunk (bits). Each chunk's index costs about 2 bits over its KL, and the search "
                    "2^(KL + margin) candidates (README: the measured table).")
-@click.option("--margin", type=float, default=6.5, show_default=True,
-              help="Candidates searched per chunk: 2^(KL + margin), at most 2^16. Larger: samples closer to q "
-                   "and smaller files, slower.")
+@click.option("--margin", type=float, default=7.0, show_default=True,
+              help="Candidates searched per chunk: 2^(KL + margin), at most 2^17. Larger: samples closer to q "
+                   "(and smaller files), slower.")
 @click.option("--merge-bits", type=float, default=16.0, show_default=True,
               help="Merge the noisiest steps until one transmission carries about this many bits (0: never).")
 @click.option("--finish", type=click.Choice(["best", "end"]), default="best", show_default=True,

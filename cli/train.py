@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from diffcodec.defaults import AUTO_ENGINE, Engine
+
 from .common import device_option, one_line_errors
 
 
@@ -70,10 +72,14 @@ def _configs(config_file, o) -> tuple[dict, dict, dict]:
 @click.option("--flip/--no-flip", default=False, show_default=True, help="Random horizontal flips.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice; 1 per process under torchrun).")
+@click.option("--engine", type=click.Choice([e.value for e in Engine]), default=Engine.AUTO.value, show_default=True,
+              help="How the held-out evaluation runs the network (README, Engines): auto = "
+              + ", ".join(f"{e.value} on {d}" for d, e in AUTO_ENGINE.items()) + " (float32 without onnxruntime). "
+              "Training itself runs float32.")
 @device_option
 @one_line_errors
 def train(data_spec, out, checkpoint, resume, config_file, steps, time_limit, holdout, eval_images, eval_every, ckpt_every,
-          log_path, threads, device, **flags):
+          log_path, threads, engine, device, **flags):
     """Train a DDPM prior; runs data-parallel under `torchrun --nproc_per_node N`.
 
     Periodic atomic checkpoints let a run killed at any moment resume exactly with --resume.
@@ -99,14 +105,14 @@ def train(data_spec, out, checkpoint, resume, config_file, steps, time_limit, ho
         torch.set_num_threads(threads)
     try:
         _train(data_spec, out, checkpoint, resume, config_file, steps, time_limit, holdout, eval_images, eval_every,
-               ckpt_every, log_path, dev, flags)
+               ckpt_every, log_path, dev, flags, engine)
     finally:
         if distributed:
             dist.destroy_process_group()
 
 
 def _train(data_spec, out, checkpoint, resume, config_file, steps, time_limit, holdout, eval_images, eval_every,
-           ckpt_every, log_path, dev, flags):
+           ckpt_every, log_path, dev, flags, engine="float32"):
     from diffcodec.data import load_images
     from diffcodec.prior import PriorConfig
     from diffcodec.train import TrainConfig, Trainer, fit, read_train_state
@@ -127,7 +133,9 @@ def _train(data_spec, out, checkpoint, resume, config_file, steps, time_limit, h
         unet["image_channels"], unet["image_size"] = c, h
         prior_cfg = PriorConfig.from_dict(dict(prior, unet=unet))
         train_cfg = TrainConfig(**tcfg)
-    trainer = Trainer(prior_cfg, train_cfg, train_images, dev, heldout=heldout)
+    from diffcodec.engines import resolve_engine
+
+    trainer = Trainer(prior_cfg, train_cfg, train_images, dev, heldout=heldout, eval_engine=resolve_engine(engine, dev))
     if resume:
         trainer.load_state(tensors, meta)
         click.echo(f"resumed at step {trainer.step} ({trainer.images_seen} images seen)", err=True)

@@ -31,7 +31,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from .checkpoint import atomic_write, safetensors_metadata, save_prior
-from .defaults import CODEC_SPACING, CODEC_STEPS
+from .defaults import CODEC_SPACING, CODEC_STEPS, Engine
 from .diffusion import pixels_to_model, q_sample
 from .prior import Prior, PriorConfig, VarianceMode
 from .terms import compute_terms, step_nats_from_reverse
@@ -142,7 +142,7 @@ class Trainer:
     """Holds the model, EMA, optimizer, sampler and RNG state; :meth:`run` trains to a step count."""
 
     def __init__(self, prior_config: PriorConfig, cfg: TrainConfig, images: np.ndarray, device: torch.device,
-                 heldout: np.ndarray | None = None):
+                 heldout: np.ndarray | None = None, eval_engine: Engine | str = Engine.FLOAT32):
         if prior_config.variance is not VarianceMode.LEARNED and cfg.objective is not Objective.SIMPLE:
             raise ValueError(f"objective {cfg.objective.value!r} trains the variance: it needs variance 'learned'")
         self.cfg, self.device = cfg, device
@@ -165,6 +165,7 @@ class Trainer:
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.images = torch.from_numpy(images)
         self.heldout = heldout
+        self.eval_engine = Engine(eval_engine)  # how the held-out evaluation runs the network (engines.with_engine)
         self.step = 0
         self.images_seen = 0
         self.train_seconds = 0.0
@@ -217,11 +218,15 @@ class Trainer:
 
     # -- held-out bits/dim --------------------------------------------------------------------
     def evaluate(self, steps: int | None = CODEC_STEPS, spacing=CODEC_SPACING, seed: int = 0) -> EvalPoint:
-        """VLB of the EMA weights on the held-out images at the codec's default steps (bits/dim)."""
+        """VLB of the EMA weights on the held-out images at the codec's default steps (bits/dim), the
+        network run through ``eval_engine`` (float32 engines leave the figure unchanged to ~1e-10)."""
         if self.heldout is None:
             raise ValueError("no held-out images to evaluate on")
         schedule = self.ema.schedule(min(steps, self.ema.config.num_timesteps) if steps else None, spacing)
-        terms = compute_terms(self.ema, torch.from_numpy(self.heldout), schedule, torch.Generator().manual_seed(seed))
+        from .engines import with_engine  # the ONNX engine exports the EMA weights of this moment
+
+        net = with_engine(self.ema, self.eval_engine, torch.get_num_threads())
+        terms = compute_terms(net, torch.from_numpy(self.heldout), schedule, torch.Generator().manual_seed(seed))
         bpd = terms.total_bpd()
         point = EvalPoint(self.step, self.images_seen, self.train_seconds, float(bpd.mean()),
                           float(bpd.std() / math.sqrt(len(bpd))) if len(bpd) > 1 else 0.0)
@@ -337,7 +342,7 @@ def fit(
             return
         point = trainer.evaluate()
         bar.write(f"step {point.step}: held-out {point.heldout_bpd:.4f} ± {point.heldout_bpd_stderr:.4f} bits/dim "
-                  f"({point.images_seen} images, {point.train_seconds:.0f} s)")
+                  f"({point.images_seen} images, {point.train_seconds:.0f} s; engine {trainer.eval_engine.value})")
         if log_path:
             with open(log_path, "a") as f:
                 f.write(json.dumps(dict(asdict(point), **stats)) + "\n")

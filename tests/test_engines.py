@@ -67,3 +67,26 @@ def test_cli_engine(tmp_path):
     assert human.exit_code == 0 and "engine    bf16" in human.stdout
     bad = run("--engine", "fp8")
     assert bad.exit_code != 0 and "fp8" in bad.output and len(bad.output.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA device here")
+@pytest.mark.parametrize("engine", ["float32", "bf16", "channels-last"])
+def test_cuda_engines_run_and_stay_near_float32(engine):
+    """On a GPU the same switch selects autocast / channels-last; outputs stay near float32 eager and
+    the lossless coder round-trips there (float32, the coding engine on CUDA)."""
+    import torch
+
+    from diffcodec.coding.lossless import CodecParams, compress, decompress
+    from diffcodec.engines import with_engine
+
+    prior = make_tiny_prior().cuda()
+    prior.digest = "ab" * 32
+    x = torch.randn(4, *prior.image_shape, device="cuda")
+    t = torch.full((4,), 5.0, device="cuda")
+    with torch.no_grad():
+        ref = torch.cat([o for o in prior.network(x, t) if o is not None], 1)
+        got = torch.cat([o for o in with_engine(prior, engine).network(x, t) if o is not None], 1)
+    assert torch.isfinite(got).all() and (got - ref).abs().max() < (0.1 if "bf16" in engine else 1e-3)
+    images = random_images(3).numpy()
+    blob, _ = compress(prior, images, ["a.png", "b.png", "c.png"], CodecParams(steps=4))
+    assert np.array_equal(decompress(prior, blob)[0], images)

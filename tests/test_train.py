@@ -204,3 +204,17 @@ def test_png_folder_and_npz_sources(tmp_path):
     np.save(tmp_path / "f.npy", np.zeros((2, 8, 8), np.float32))
     with pytest.raises(ValueError, match="uint8"):
         load_images(str(tmp_path / "f.npy"))
+
+
+def test_heldout_evaluation_through_onnxruntime_matches_float32():
+    """--engine for the trainer's held-out figure: ONNX Runtime computes the same network in float32,
+    so the held-out bits/dim agree with float32 eager to round-off."""
+    pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    figures = {}
+    for engine in ("float32", "onnxruntime"):
+        trainer = Trainer(tiny_config(), TrainConfig(batch_size=8, seed=1), stripes(32), torch.device("cpu"),
+                          heldout=stripes(8, seed=5), eval_engine=engine)
+        figures[engine] = trainer.evaluate(steps=10).heldout_bpd
+    assert figures["float32"] == pytest.approx(figures["onnxruntime"], rel=1e-6)
+    assert figures["float32"] > 1.0  # an untrained prior: far from free

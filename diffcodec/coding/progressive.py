@@ -90,8 +90,8 @@ class ProgressiveParams:
     chunk_bits: float = 10.0  # κ: most KL per chunk (bits); bigger chunks cost fewer bits, exponentially more candidates
     merge_bits: float = 16.0  # noisy steps are merged until a transmission carries about this many bits
     skip_bits: float = 0.0  # a tile-step whose KL is below this is not sent: the decoder draws it from p
-    margin: float = 6.5  # candidates searched per chunk: 2^(KL + margin), at most 2^max_search_bits (encoder only)
-    max_search_bits: int = 16  # never more than 2^this candidates per chunk (beyond it samples are biased towards p)
+    margin: float = 7.0  # candidates searched per chunk: 2^(KL + margin), at most 2^max_search_bits (encoder only)
+    max_search_bits: int = 17  # never more than 2^this candidates per chunk (beyond it samples are biased towards p)
     threads: int = 1  # torch threads for the network, recorded in the file
     max_batch: int = 64  # tiles per network call, recorded in the file
     search_threads: int = 2  # threads scoring candidates (encoder only: the file does not depend on it)
