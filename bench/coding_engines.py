@@ -1,13 +1,11 @@
-"""``python -m bench.coding_engines``: compress (and decompress), encode and decode seconds per image,
-float32 eager against ONNX Runtime, side by side in one process (issue #12: the coders' default engine).
+"""``python -m bench.coding_engines``: compress (and decompress) seconds per image, float32 eager against
+ONNX Runtime, side by side in one process (issue #12: the coders' default engine).
 
 Each round compresses the same images once per coding engine (diffcodec.defaults.CODING_ENGINES), the
 engines' order alternating between rounds, one thread (``CodecParams.threads = 1``, the default);
 the figure per engine is its best round. The ONNX Runtime time includes exporting the network and
 building its session (once per call, as the command does). The last round's files are decompressed
-once per engine and checked bit-exact. Then the first PROGRESSIVE_IMAGES images are encoded and
-decoded (progressive files, default parameters) once per engine per round, each file checked exact.
-Writes ``coding_engines.json`` in ``--out``.
+once per engine and checked bit-exact. Writes ``coding_engines.json`` in ``--out``.
 
     OMP_NUM_THREADS=1 python -m bench.coding_engines --num 32 --rounds 2
 """
@@ -21,8 +19,6 @@ import time
 from pathlib import Path
 
 from .provenance import RESULTS
-
-PROGRESSIVE_IMAGES = 8  # encode/decode per engine on the first of the images
 
 
 def run(num: int, rounds: int, data: str) -> dict:
@@ -56,54 +52,14 @@ def run(num: int, rounds: int, data: str) -> dict:
                         "engine": stats.engine.value}
         print(f"decompress {name}: {decode[name]['seconds'] / len(images):.3f} s/image, exact {decode[name]['exact']}")
     best = {name: min(x["seconds"] for x in rs) / len(images) for name, rs in runs.items()}
-    progressive = _progressive(prior, images[:PROGRESSIVE_IMAGES], rounds)
     return {
         "data": data, "images": len(images), "rounds": rounds, "threads": 1, "runs": runs,
         "compress_seconds_per_image": best,
         "decompress_seconds_per_image": {n: d["seconds"] / len(images) for n, d in decode.items()},
         "decompress": decode,
         "compress_speedup_onnxruntime": best["float32"] / best["onnxruntime"],
-        "progressive": progressive,
         "torch": torch.__version__,
     }
-
-
-def _progressive(prior, images, rounds: int) -> dict:
-    """encode and decode (default ProgressiveParams) of each image once per coding engine per round, the
-    engines' order alternating; best round per engine. Encoding is search-bound, so an engine's gain
-    shows in its network seconds more than in the whole."""
-    from diffcodec.coding.progressive import ProgressiveParams, decode, encode
-    from diffcodec.defaults import CODING_ENGINES
-    from diffcodec.engines import coding_view
-
-    for engine in CODING_ENGINES:
-        coding_view(prior, engine, 1)  # export once, outside the timed runs (the commands pay it once per call)
-    runs = {e.value: [] for e in CODING_ENGINES}
-    for r in range(rounds):
-        for engine in (CODING_ENGINES if r % 2 == 0 else CODING_ENGINES[::-1]):
-            enc_s = net_s = search_s = dec_s = 0.0
-            size = 0
-            for image in images:
-                res = encode(prior, image, ProgressiveParams(engine=engine))
-                t0 = time.perf_counter()
-                out = decode(prior, res.data)
-                dec_s += time.perf_counter() - t0
-                if not (out.complete and (out.image == image).all()):
-                    raise RuntimeError(f"progressive file through {engine.value} did not decode exactly")
-                enc_s, net_s, search_s, size = (enc_s + res.seconds, net_s + res.network_seconds,
-                                                search_s + res.search_seconds, size + len(res.data))
-            n = len(images)
-            runs[engine.value].append({"encode_s": enc_s / n, "encode_network_s": net_s / n, "search_s": search_s / n,
-                                       "decode_s": dec_s / n, "file_bytes": size / n, "load1": os.getloadavg()[0]})
-            print(f"round {r} {engine.value}: encode {enc_s / n:.3f} s/image (network {net_s / n:.3f}), "
-                  f"decode {dec_s / n:.3f}", flush=True)
-    best = {name: {key: min(x[key] for x in rs) for key in ("encode_s", "encode_network_s", "decode_s")}
-            for name, rs in runs.items()}
-    f32, ort = best["float32"], best["onnxruntime"]
-    return {"images": len(images), "runs": runs, "best_seconds_per_image": best,
-            "encode_speedup": f32["encode_s"] / ort["encode_s"],
-            "encode_network_speedup": f32["encode_network_s"] / ort["encode_network_s"],
-            "decode_speedup": f32["decode_s"] / ort["decode_s"]}
 
 
 def main(argv=None) -> None:
@@ -118,9 +74,6 @@ def main(argv=None) -> None:
     (args.out / "coding_engines.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"compress: onnxruntime {result['compress_speedup_onnxruntime']:.2f}x float32 "
           f"({result['compress_seconds_per_image']})")
-    p = result["progressive"]
-    print(f"encode {p['encode_speedup']:.2f}x (its network {p['encode_network_speedup']:.2f}x), "
-          f"decode {p['decode_speedup']:.2f}x")
 
 
 if __name__ == "__main__":
