@@ -42,7 +42,7 @@ _TABLE_ROWS = 12  # steps shown in the text report (--json has all of them)
                    "(x_0 coded around the network's prediction); end = walk the chain to x_1, then P(x_0|x_1).")
 @click.option("--threads", type=click.IntRange(min=1, max=255), default=1, show_default=True,
               help="torch threads for the network; recorded, the decoder uses the same.")
-@coding_engine_option("float32 (encoding is search-bound: onnxruntime encodes 1.1x and decodes about 2x as fast, "
+@coding_engine_option("float32 (encoding is search-bound: onnxruntime encodes 1.4x and decodes 1.8x as fast, "
                       "but its files need onnxruntime to decode; README, Engines).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Encode only the first N input images.")
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")

@@ -78,6 +78,6 @@ CODING_ENGINES = (Engine.FLOAT32, Engine.ONNXRUNTIME)
 AUTO_CODING_ENGINE = {"cpu": Engine.ONNXRUNTIME, "cuda": Engine.FLOAT32}
 
 # The progressive coder's --engine auto: float32 everywhere. Encoding is search-bound, so ONNX Runtime
-# speeds it by only 1.13x (decoding by about 2x), and a float32 file decodes with the base install,
-# without onnxruntime (10 test images, margin 5.25: 1.36 vs 1.20 s/image; bench/results/coding_engines.json).
+# speeds it by only 1.42x (decoding by 1.84x), and a float32 file decodes with the base install,
+# without onnxruntime (10 test images: encode 2.29 vs 1.61 s/image, decode 0.39 vs 0.21; bench/results/timing.json).
 AUTO_PROGRESSIVE_ENGINE = {"cpu": Engine.FLOAT32, "cuda": Engine.FLOAT32}
