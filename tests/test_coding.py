@@ -160,7 +160,7 @@ def test_single_tile_costs_its_bootstrap_file_plus_header(tiny_prior):
     h = container.unpack(blob)[0]
     varints = container.varint_fields({f: getattr(h, f) for f in container._VARINT_FIELDS}, h.boot, h.ramp,
                                       h.payload_words, container.NAME_PLAIN, len("one.png"))
-    assert len(varints) == 18  # 11 fields; count, codec and bytes of the classic tile; no batch sizes; 3 lengths
+    assert len(varints) == 19  # 12 fields (4: the engine); count, codec, bytes of the classic tile; no batch sizes; 3 lengths
     assert st.header_bits == 8 * (12 + len(varints) + len("one.png") + 8 + 4)  # magic+version+digest, varints, name, hash, CRC
     if codec == bootstrap.BOOT_WEBP:  # the RIFF wrapper is not stored: smaller than the WebP file itself
         assert len(boot) == len(bootstrap.webp_file(boot)) - 20 - len(boot) % 2
