@@ -150,12 +150,12 @@ def decoding_engine(recorded: Engine, device: torch.device | str = "cpu", reques
     the recorded one cannot run here (:func:`coding_engine`'s reasons: not installed, not on the CPU)."""
     recorded = Engine(recorded)
     if requested is not None and requested != Engine.AUTO and resolve_engine(requested) is not recorded:
-        raise ValueError(f"file was compressed with engine {recorded.value}; decoding it with engine "
+        raise ValueError(f"file was made with engine {recorded.value}; decoding it with engine "
                          f"{Engine(requested).value} would desynchronize (omit --engine: decoding follows the file)")
     try:
         return coding_engine(recorded, device)
     except ValueError as err:
-        raise ValueError(f"file was compressed with engine {recorded.value}, which cannot run here: {err}") from None
+        raise ValueError(f"file was made with engine {recorded.value}, which cannot run here: {err}") from None
 
 
 def with_net(prior: Prior, net: nn.Module) -> Prior:

@@ -82,7 +82,7 @@ def test_onnxruntime_round_trip_on_two_threads(prior, images):
 
 def test_decoding_with_another_engine_is_refused(prior, images, files):
     for made, other in [(Engine.FLOAT32, Engine.ONNXRUNTIME), (Engine.ONNXRUNTIME, Engine.FLOAT32)]:
-        with pytest.raises(ValueError, match=f"compressed with engine {made.value}; decoding it with engine {other.value}"):
+        with pytest.raises(ValueError, match=f"made with engine {made.value}; decoding it with engine {other.value}"):
             decompress(prior, files[made], engine=other)
         assert np.array_equal(decompress(prior, files[made], engine=made)[0], images)
         assert np.array_equal(decompress(prior, files[made], engine="auto")[0], images)  # auto follows the file
@@ -157,7 +157,7 @@ def test_only_deterministic_engines_code(prior, monkeypatch):
 
 def test_file_whose_engine_is_not_installed_names_the_packages(prior, files, monkeypatch):
     monkeypatch.setattr(engines, "onnxruntime_available", lambda: False)
-    with pytest.raises(ValueError, match=r"compressed with engine onnxruntime, which cannot run here: .*onnxruntime and "
+    with pytest.raises(ValueError, match=r"made with engine onnxruntime, which cannot run here: .*onnxruntime and "
                                          r"onnx packages: pip install 'diffcodec\[fast\]'"):
         decompress(prior, files[Engine.ONNXRUNTIME])
 

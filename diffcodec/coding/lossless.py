@@ -38,7 +38,7 @@ Round trip with a tiny random prior (a test executes this)::
     (True, ['a.png', 'b.png', 'c.png'])
     >>> decompress(prior, blob, engine="onnxruntime")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    ValueError: file was compressed with engine float32; decoding it with engine onnxruntime would ...
+    ValueError: file was made with engine float32; decoding it with engine onnxruntime would ...
 """
 
 from __future__ import annotations
