@@ -10,7 +10,7 @@ import click
 from diffcodec.defaults import AUTO_CODING_ENGINE, CODEC_SPACING, CODEC_STEPS, DEFAULT_GRID, DEFAULT_MAX_BATCH, Engine
 from diffcodec.schedule import Spacing
 
-from .common import (coding_engine_option, decoding_engine_option, device_option, emit_json, json_option, one_line_errors,
+from .common import (auto_names, coding_engine_option, decoding_engine_option, device_option, emit_json, json_option, one_line_errors,
                      open_prior, prior_option, steps_option)
 
 
@@ -120,8 +120,7 @@ def print_compress(rec: dict) -> None:
 @click.option("--threads", type=click.IntRange(min=0, max=255), default=1, show_default=True,
               help="torch threads for the network; recorded, the decoder uses the same (0 = current).")
 @click.option("--max-batch", type=click.IntRange(min=1, max=65535), default=DEFAULT_MAX_BATCH, show_default=True)
-@coding_engine_option(", ".join(f"{e.value} on {d}" for d, e in AUTO_CODING_ENGINE.items())
-                      + " (README, Engines; float32 without onnxruntime).")
+@coding_engine_option(auto_names(AUTO_CODING_ENGINE) + " (README, Engines; float32 without onnxruntime).")
 @click.option("--no-vlb", is_flag=True, help="Skip the VLB comparison (saves one pass of network evaluations).")
 @device_option
 @json_option

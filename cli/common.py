@@ -31,6 +31,21 @@ def _engine_names() -> list[str]:
     return [e.value for e in Engine]
 
 
+def auto_names(table: dict) -> str:
+    """An auto-engine table as help text: 'onnxruntime on cpu, float32 on cuda'."""
+    return ", ".join(f"{e.value} on {d}" for d, e in table.items())
+
+
+def engine_option(what: str, after_auto: str):
+    """--engine for a command that only evaluates the network (nll, sample, train's held-out figure)."""
+    from diffcodec.defaults import AUTO_ENGINE
+
+    return click.option(
+        "--engine", type=click.Choice(_engine_names()), default="auto", show_default=True,
+        help=f"How {what}. auto: {auto_names(AUTO_ENGINE)} {after_auto}",
+    )
+
+
 def coding_engine_option(auto_help: str):
     """--engine for a command that writes a coded file: the engine is recorded, the decoder runs the same."""
     return click.option(

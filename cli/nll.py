@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING
 
 import click
 
-from diffcodec.defaults import (AUTO_ENGINE, CODEC_SPACING, DEFAULT_BATCH, DEFAULT_PAIRS_PER_CALL, DEFAULT_SAMPLES,
-                                MC_SAVING, Engine, Estimator)
+from diffcodec.defaults import (CODEC_SPACING, DEFAULT_BATCH, DEFAULT_PAIRS_PER_CALL, DEFAULT_SAMPLES,
+                                MC_SAVING, Estimator)
 from diffcodec.schedule import Spacing
 
-from .common import device_option, emit_json, json_option, one_line_errors, open_prior, prior_option, steps_option
+from .common import device_option, emit_json, engine_option, json_option, one_line_errors, open_prior, prior_option, steps_option
 
 if TYPE_CHECKING:
     from diffcodec.likelihood import Likelihood
@@ -48,15 +48,8 @@ TABLE_ROWS = 16
               help="Image groups evaluated in parallel on CPU. Default: torch's thread count.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @device_option
-@click.option(
-    "--engine",
-    type=click.Choice([e.value for e in Engine]),
-    default=Engine.AUTO.value,
-    show_default=True,
-    help="How the network runs. auto: " + ", ".join(f"{e.value} on {d}" for d, e in AUTO_ENGINE.items())
-    + " (README, Engines: the fastest measured engine whose bits/dim change stays under 0.2 %); float32: "
-    "the reference, exactly what compress and encode compute.",
-)
+@engine_option("the network runs", "(README, Engines: the fastest measured engine whose bits/dim change stays "
+               "under 0.2 %); float32: the reference, exactly what compress and encode compute.")
 @json_option
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write terms per step and the rate–distortion curve (PNG).")
 @one_line_errors

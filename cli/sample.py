@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import click
 
-from diffcodec.defaults import AUTO_ENGINE, Engine
 from diffcodec.schedule import Spacing
 
-from .common import (device_option, emit_json, json_option, one_line_errors, open_prior, prior_option, seeded,
+from .common import (device_option, emit_json, engine_option, json_option, one_line_errors, open_prior, prior_option, seeded,
                      steps_option)
 
 spacing_option = click.option(
@@ -27,11 +26,8 @@ spacing_option = click.option(
 @spacing_option
 @click.option("--seed", type=int, default=0, show_default=True)
 @device_option
-@click.option(
-    "--engine", type=click.Choice([e.value for e in Engine]), default=Engine.AUTO.value, show_default=True,
-    help="How the network runs. auto: " + ", ".join(f"{e.value} on {d}" for d, e in AUTO_ENGINE.items())
-    + " (README, Engines); float32: the reference (another engine may change a few pixels of the same seed's samples).",
-)
+@engine_option("the network runs", "(README, Engines); float32: the reference (another engine may change a few "
+               "pixels of the same seed's samples).")
 @one_line_errors
 def sample(prior_path, num, out, steps, spacing, seed, device, engine):
     """Draw samples from a prior by ancestral sampling and save them as one PNG grid."""

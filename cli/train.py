@@ -8,9 +8,7 @@ from pathlib import Path
 
 import click
 
-from diffcodec.defaults import AUTO_ENGINE, Engine
-
-from .common import device_option, one_line_errors
+from .common import device_option, engine_option, one_line_errors
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -72,10 +70,8 @@ def _configs(config_file, o) -> tuple[dict, dict, dict]:
 @click.option("--flip/--no-flip", default=False, show_default=True, help="Random horizontal flips.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice; 1 per process under torchrun).")
-@click.option("--engine", type=click.Choice([e.value for e in Engine]), default=Engine.AUTO.value, show_default=True,
-              help="How the held-out evaluation runs the network (README, Engines): auto = "
-              + ", ".join(f"{e.value} on {d}" for d, e in AUTO_ENGINE.items()) + " (float32 without onnxruntime). "
-              "Training itself runs float32.")
+@engine_option("the held-out evaluation runs the network", "(float32 without onnxruntime; README, Engines). "
+               "Training itself runs float32.")
 @device_option
 @one_line_errors
 def train(data_spec, out, checkpoint, resume, config_file, steps, time_limit, holdout, eval_images, eval_every, ckpt_every,

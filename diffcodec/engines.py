@@ -75,7 +75,7 @@ class OnnxRuntimeNet(nn.Module):
     def __init__(self, net: nn.Module, image_shape: tuple[int, ...], threads: int = 1):
         super().__init__()
         if not onnxruntime_available():
-            raise ValueError("engine onnxruntime needs the onnxruntime and onnx packages: pip install 'diffcodec[fast]'")
+            raise ValueError(_NO_ONNXRUNTIME)
         import onnxruntime as ort
 
         self.inner, buf, was_training = net, io.BytesIO(), net.training
@@ -101,6 +101,16 @@ def onnxruntime_available() -> bool:
     return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))
 
 
+_NO_ONNXRUNTIME = "engine onnxruntime needs the onnxruntime and onnx packages: pip install 'diffcodec[fast]'"
+
+
+def _auto(table: dict, device) -> Engine:
+    """``table``'s engine for the device's type (FLOAT32 for a type not in it, and in place of
+    ONNXRUNTIME when it is not installed)."""
+    engine = table.get(torch.device(device).type, Engine.FLOAT32)
+    return Engine.FLOAT32 if engine is Engine.ONNXRUNTIME and not onnxruntime_available() else engine
+
+
 def resolve_engine(engine: Engine | str, device: torch.device | str = "cpu") -> Engine:
     """AUTO → :data:`AUTO_ENGINE` for the device's type (FLOAT32 for a type not measured, and in place
     of ONNXRUNTIME when it is not installed); any other engine is returned as it is. ValueError for
@@ -109,10 +119,7 @@ def resolve_engine(engine: Engine | str, device: torch.device | str = "cpu") -> 
         engine = Engine(engine)
     except ValueError:
         raise ValueError(f"unknown engine {engine!r} (expected {', '.join(e.value for e in Engine)})") from None
-    if engine is not Engine.AUTO:
-        return engine
-    engine = AUTO_ENGINE.get(torch.device(device).type, Engine.FLOAT32)
-    return Engine.FLOAT32 if engine is Engine.ONNXRUNTIME and not onnxruntime_available() else engine
+    return _auto(AUTO_ENGINE, device) if engine is Engine.AUTO else engine
 
 
 def coding_engine(engine: Engine | str, device: torch.device | str = "cpu", auto: dict | None = None) -> Engine:
@@ -130,15 +137,14 @@ def coding_engine(engine: Engine | str, device: torch.device | str = "cpu", auto
     (inductor's generated code, NHWC kernels): refused.
     """
     if engine == Engine.AUTO:  # a str enum: the name or the member
-        chosen = (AUTO_CODING_ENGINE if auto is None else auto).get(torch.device(device).type, Engine.FLOAT32)
-        return Engine.FLOAT32 if chosen is Engine.ONNXRUNTIME and not onnxruntime_available() else chosen
+        return _auto(AUTO_CODING_ENGINE if auto is None else auto, device)
     engine = resolve_engine(engine, device)
     if engine not in CODING_ENGINES:
         raise ValueError(f"engine {engine.value} cannot code: its outputs are not shown bit-identical between encoder "
                          f"and decoder (coding engines: {', '.join(e.value for e in CODING_ENGINES)})")
     if engine is Engine.ONNXRUNTIME:
         if not onnxruntime_available():
-            raise ValueError("engine onnxruntime needs the onnxruntime and onnx packages: pip install 'diffcodec[fast]'")
+            raise ValueError(_NO_ONNXRUNTIME)
         if torch.device(device).type != "cpu":
             raise ValueError(f"engine onnxruntime runs on the CPU, not {device} (use --device cpu)")
     return engine

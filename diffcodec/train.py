@@ -33,6 +33,7 @@ from safetensors.torch import save as st_save
 from .checkpoint import atomic_write, safetensors_metadata, save_prior
 from .defaults import CODEC_SPACING, CODEC_STEPS, Engine
 from .diffusion import pixels_to_model, q_sample
+from .engines import with_engine
 from .prior import Prior, PriorConfig, VarianceMode
 from .terms import compute_terms, step_nats_from_reverse
 from .units import nats_to_bpd
@@ -223,9 +224,7 @@ class Trainer:
         if self.heldout is None:
             raise ValueError("no held-out images to evaluate on")
         schedule = self.ema.schedule(min(steps, self.ema.config.num_timesteps) if steps else None, spacing)
-        from .engines import with_engine  # the ONNX engine exports the EMA weights of this moment
-
-        net = with_engine(self.ema, self.eval_engine, torch.get_num_threads())
+        net = with_engine(self.ema, self.eval_engine, torch.get_num_threads())  # ONNX: the EMA weights of this moment
         terms = compute_terms(net, torch.from_numpy(self.heldout), schedule, torch.Generator().manual_seed(seed))
         bpd = terms.total_bpd()
         point = EvalPoint(self.step, self.images_seen, self.train_seconds, float(bpd.mean()),

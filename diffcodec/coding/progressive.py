@@ -391,8 +391,6 @@ def decode(prior: Prior, data: bytes, steps: int | None = None, keep_intermediat
         made, here = ("CUDA", "CPU") if header.cuda else ("CPU", "CUDA")
         raise ValueError(f"file was encoded on {made} and can only be decoded there (this run uses {here}; "
                          f"pass --device {'cuda' if header.cuda else 'cpu'})")
-    if header.engine >= len(CODING_ENGINES):
-        raise ValueError("progressive file is corrupted (unknown engine in its header)")
     file_engine = decoding_engine(CODING_ENGINES[header.engine], device, engine)
     schedule = prior.schedule(header.steps, _SPACINGS[header.spacing])
     K = schedule.num_steps

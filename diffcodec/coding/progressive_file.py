@@ -45,6 +45,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..defaults import CODING_ENGINES
 from .progressive_finish import DECODER, MAX_CODE
 from .varint import encode_varint
 
@@ -192,6 +193,7 @@ def _check_fields(h: Header) -> None:
         (1 <= h.height < 65536 and 1 <= h.width < 65536, "image size"),
         (h.stop < h.steps, "stop step"),
         (h.finish <= MAX_CODE and (h.finish != DECODER or h.stop == h.steps - 1), "finish"),
+        (h.engine < len(CODING_ENGINES), "engine"),
         (h.channels * h.height * h.width <= MAX_DIMS, "image size"),
     ]
     for ok, what in checks:

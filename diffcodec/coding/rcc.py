@@ -119,16 +119,21 @@ _MEANS32 = torch.tensor(BIN_MEANS, dtype=torch.float32)
 _UNIFORM_BITS = 44  # c + u keeps every bit of u in a float64
 
 
+def _draw_codes(words: torch.Tensor, seed: int, block: int, n: int) -> torch.Tensor:
+    """Fill ``words`` (int64, ⌈n/8⌉) from block ``block``'s seeded generator → its first ``n`` bytes, the codes (uint8)."""
+    gen = torch.Generator(device=words.device).manual_seed(seed_of(seed, block))
+    return words.random_(-(2**63), None, generator=gen).view(torch.uint8)[:n]
+
+
 def _block_codes(seed: int, block: int, size: int, d: int, device) -> torch.Tensor:
-    """Quantile codes of candidate block ``block``: [size, d] uint8 (64-bit words from the seeded generator, split into bytes)."""
-    gen = torch.Generator(device=device).manual_seed(seed_of(seed, block))
-    words = torch.empty(-(-size * d // 8), dtype=torch.int64, device=device).random_(-(2**63), None, generator=gen)
-    return words.view(torch.uint8)[: size * d].view(size, d)
+    """Quantile codes of candidate block ``block``: [size, d] uint8."""
+    words = torch.empty(-(-size * d // 8), dtype=torch.int64, device=device)
+    return _draw_codes(words, seed, block, size * d).view(size, d)
 
 
 class _Buffers:
     """One search thread's tensors for a block of ``size`` candidates of ``d`` dimensions: :meth:`scores`
-    gives Σ a ε² + b ε of each at its bins' conditional means, the codes as :func:`_block_codes` draws them."""
+    gives Σ a ε² + b ε of each at its bins' conditional means, the codes drawn as :func:`_block_codes` draws them."""
 
     def __init__(self, size: int, d: int, device):
         self.words = torch.empty(-(-size * d // 8), dtype=torch.int64, device=device)
@@ -138,12 +143,10 @@ class _Buffers:
         self.quad = torch.empty(size, 1, dtype=torch.float32, device=device)
         self.out = torch.empty(size, 1, dtype=torch.float32, device=device)
         self.table = _MEANS32.to(device)
-        self.n, self.device = size * d, device
+        self.n = size * d
 
     def scores(self, seed: int, block: int, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        gen = torch.Generator(device=self.device).manual_seed(seed_of(seed, block))
-        self.words.random_(-(2**63), None, generator=gen)  # as _block_codes draws them
-        self.index.copy_(self.words.view(torch.uint8)[: self.n])
+        self.index.copy_(_draw_codes(self.words, seed, block, self.n))
         torch.index_select(self.table, 0, self.index, out=self.eps.view(-1))
         torch.mul(self.eps, self.eps, out=self.square)
         torch.mm(self.square, a, out=self.quad)
