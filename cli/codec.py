@@ -42,10 +42,10 @@ def compress_record(prior, images, stats, params, out: str, blob_bytes: int, wit
     its overhead is measured against the VLB of exactly those tiles. Per-dim figures of the chain are
     per tile pixel (tiles of larger images include their edge padding).
     """
-    from diffcodec.coding.lossless import to_tiles
+    from diffcodec.coding.lossless import lossless_tile, to_tiles
 
     dims = stats.num_images * stats.dims_per_image
-    tile_dims = prior.num_dims
+    tile_dims = prior.image_shape[0] * lossless_tile(prior, *images.shape[2:]) ** 2
     boot = stats.bootstrap_tiles
     chained = stats.num_tiles - boot
     rec = {
@@ -62,7 +62,7 @@ def compress_record(prior, images, stats, params, out: str, blob_bytes: int, wit
         "renamed": [],
     }
     if with_vlb:
-        tiles = to_tiles(images, prior.image_shape[1])
+        tiles = to_tiles(images, lossless_tile(prior, *images.shape[2:]))
         vlb = tile_vlb_bits(prior, tiles, prior.schedule(params.steps, params.spacing), params.threads,
                             engine=params.engine)
         _, se = _mean_se(vlb / tile_dims)  # per tile pixel; the file's figures are per image pixel
@@ -132,8 +132,12 @@ def compress_cmd(inputs, out, prior_path, steps, spacing, grid, threads, max_bat
     from diffcodec.files import atomic_write, check_output_file
 
     check_output_file(out)
-    prior, _ = open_prior(prior_path, device)
-    data = load_many(list(inputs), channels=prior.image_shape[0])
+    if prior_path is None:  # the input picks the embedded prior
+        data = load_many(list(inputs))
+        prior, _ = open_prior(None, device, channels=data.shape[0], quiet=as_json)
+    else:
+        prior, _ = open_prior(prior_path, device)
+        data = load_many(list(inputs), channels=prior.image_shape[0])  # the error names the first file that does not fit
     params = CodecParams(steps=steps, spacing=Spacing(spacing), grid=grid, threads=threads, max_batch=max_batch,
                          engine=Engine(engine))
     params = params.resolved(prior)
@@ -178,7 +182,7 @@ def decompress_cmd(file, out, npy, force, prior_path, device, engine, as_json):
     from diffcodec.coding.lossless import decompress
     from diffcodec.images import write_image
 
-    prior, _ = open_prior(prior_path, device)
+    prior, _ = open_prior(prior_path, device, file_matches=header.matches_prior, quiet=as_json)
     images, names, stats = decompress(prior, blob, progress=True, engine=engine)
     with staged_folder(out, targets, overwrite=force) as tmp:
         if npy:

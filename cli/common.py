@@ -17,7 +17,9 @@ prior_option = click.option(
     type=click.Path(),
     default=None,
     help="Prior file (.safetensors written by diffcodec) or a diffusers DDPM folder (UNet2DModel + DDPMScheduler, "
-    "safetensors, read offline). Default: the embedded Fashion-MNIST prior.",
+    "safetensors, read offline), or an embedded prior by name: fashion (grayscale 28x28 Fashion-MNIST) or photo "
+    "(colour photographs, any size). Default: chosen from the input (grayscale → fashion, colour → photo; "
+    "for a coded file, the prior that made it).",
 )
 device_option = click.option(
     "--device", default="auto", show_default=True, help="auto, cpu or cuda[:N]. Figures in the README are CPU figures."
@@ -86,11 +88,23 @@ def one_line_errors(fn):
     return wrapper
 
 
-def open_prior(prior_path: str | None, device: str):
-    from diffcodec.checkpoint import load_prior
+def open_prior(prior_path: str | None, device: str, channels: int | None = None, file_matches=None, quiet: bool = False):
+    """(prior, device) for --prior, or without it the embedded prior the input calls for: by the
+    input's ``channels`` (grayscale → fashion, colour → photo) or, for a coded file, the embedded
+    prior its header matches (``file_matches(digest)``). Says which on stderr unless ``quiet``."""
+    from diffcodec.checkpoint import embedded_prior_for_channels, embedded_prior_for_file, load_prior
     from diffcodec.runtime import resolve_device
 
     dev = resolve_device(device)
+    if prior_path is None and (channels is not None or file_matches is not None):
+        if channels is not None:
+            prior_path = embedded_prior_for_channels(channels)
+            why = f"{'colour' if channels == 3 else 'grayscale'} input"
+        else:
+            prior_path = embedded_prior_for_file(file_matches)
+            why = "the file's prior"
+        if prior_path is not None and not quiet:
+            click.echo(f"prior: {prior_path} (embedded, chosen for {why}; --prior picks another)", err=True)
     return load_prior(prior_path, dev), dev
 
 

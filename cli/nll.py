@@ -56,16 +56,21 @@ TABLE_ROWS = 16
 def nll(prior_path, data_spec, steps, spacing, estimator, samples, limit, batch, pairs, workers, seed, device, engine,
         as_json, plot):
     """Bits/dim of the variational bound on a data set, per step (DDPM Table 4) and in total."""
-    from diffcodec.data import load_images
+    from diffcodec.data import check_fits, load_images
     from diffcodec.files import check_output_file
     from diffcodec.engines import resolve_engine
     from diffcodec.likelihood import evaluate_nll, evaluations_per_image, plot_likelihood, resolve_estimator
 
     if plot:
         check_output_file(plot)
-    prior, dev = open_prior(prior_path, device)
+    if prior_path is None:  # the input picks the embedded prior
+        data = load_images(data_spec).subset(limit)
+        prior, dev = open_prior(None, device, channels=data.shape[0], quiet=as_json)
+    else:
+        prior, dev = open_prior(prior_path, device)
+        data = load_images(data_spec).subset(limit)
     engine_used = resolve_engine(engine, dev)
-    data = load_images(data_spec, prior.image_shape[0], prior.image_shape[1:]).subset(limit)
+    check_fits(data, data_spec, prior.image_shape[0], None if prior.any_size else prior.image_shape[1:])
     schedule = prior.schedule(steps, spacing)
     used = resolve_estimator(estimator, schedule.num_steps, samples)
     evals = len(data) * evaluations_per_image(used, schedule.num_steps, samples)

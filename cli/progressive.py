@@ -63,17 +63,25 @@ def encode_cmd(inputs, out, prior_path, steps, spacing, target_psnr, target_byte
     if sum(t is not None for t in (target_psnr, target_bytes, target_bpd)) > 1:
         raise click.UsageError("give at most one of --psnr, --bytes and --bpd")
     from diffcodec.coding.progressive import ProgressiveParams, Target, encode
-    from diffcodec.data import load_many
     from diffcodec.files import atomic_write
     from diffcodec.schedule import Spacing
 
-    data = load_many(list(inputs)).subset(limit)
-    targets = _output_paths(out, data.names, force)
-    prior, _ = open_prior(prior_path, device)
+    prior = open_prior(prior_path, device)[0] if prior_path is not None else None
+    images, names = _load_each(inputs, limit)
+    targets = _output_paths(out, names, force)
+    if prior is None:  # the input picks the embedded prior
+        channels = {im.shape[0] for im in images}
+        if len(channels) > 1:
+            raise ValueError("grayscale and colour inputs together: encode them in separate calls (each picks its prior), or pass --prior")
+        prior, _ = open_prior(None, device, channels=channels.pop(), quiet=as_json)
     params = ProgressiveParams(steps=steps, spacing=Spacing(spacing), chunk_bits=chunk_bits, merge_bits=merge_bits,
                                margin=margin, threads=threads, finish=finish, engine=engine).resolved(prior)
+    kind = {1: "grayscale", 3: "RGB"}
+    for image, name in zip(images, names):
+        if image.shape[0] != prior.image_shape[0]:
+            raise ValueError(f"{name}: {kind[image.shape[0]]} image, but the prior codes {kind[prior.image_shape[0]]} images")
     records = []
-    for image, name, path in zip(data.images, data.names, targets):
+    for image, name, path in zip(images, names, targets):
         dims = int(image.size)
         max_bytes = target_bytes if target_bpd is None else max(1, math.floor(target_bpd * dims / 8))
         result = encode(prior, image, params, Target(psnr=target_psnr, max_bytes=max_bytes), progress=not as_json)
@@ -84,6 +92,18 @@ def encode_cmd(inputs, out, prior_path, steps, spacing, target_psnr, target_byte
             _report(rec, dims)
     if as_json:
         emit_json(records[0] if len(records) == 1 else {"files": records})
+
+
+def _load_each(inputs, limit: int | None) -> tuple[list, list[str]]:
+    """Every input image ([C, H, W] uint8) and its name; inputs may differ in size (one file each)."""
+    from diffcodec.data import load_images
+
+    images, names = [], []
+    for spec in inputs:
+        data = load_images(spec)
+        images += list(data.images)
+        names += list(data.names)
+    return images[:limit], names[:limit]
 
 
 def _output_paths(out: str | None, names: list[str], force: bool) -> list[Path]:
@@ -178,7 +198,9 @@ def decode_cmd(file, out, upto, prefix_bytes, all_dir, recon, force, prior_path,
     blob = Path(file).read_bytes()
     if prefix_bytes is not None:
         blob = blob[:prefix_bytes]
-    prior, _ = open_prior(prior_path, device)
+    from diffcodec.coding import progressive_file as pf
+
+    prior, _ = open_prior(prior_path, device, file_matches=pf.unpack(blob)[0].matches_prior, quiet=as_json)
     res = decode(prior, blob, steps=upto, keep_intermediates=all_dir is not None, recon=recon, progress=not as_json,
                  engine=engine)
     if all_dir is not None:

@@ -24,11 +24,11 @@ def _configs(config_file, o) -> tuple[dict, dict, dict]:
     unet = dict(
         image_channels=None, image_size=None, base_channels=o["channels"], channel_mult=_ints(o["mult"]),
         num_res_blocks=o["res_blocks"], attention_resolutions=_ints(o["attention"]), dropout=o["dropout"],
-        learn_variance=o["variance"] == "learned",
+        learn_variance=o["variance"] == "learned", norm=o["norm"], mid_attention=o["mid_attention"],
     )
     prior = dict(schedule=o["schedule"], num_timesteps=o["timesteps"], variance=o["variance"], clip_x0=True)
     train = dict(objective=o["objective"], batch_size=o["batch"], lr=o["lr"], warmup_steps=o["warmup"],
-                 grad_clip=o["grad_clip"], ema_decay=o["ema"], flip=o["flip"], seed=o["seed"])
+                 grad_clip=o["grad_clip"], ema_decay=o["ema"], flip=o["flip"], seed=o["seed"], precision=o["precision"])
     if config_file:
         try:
             doc = json.loads(Path(config_file).read_text())
@@ -41,7 +41,9 @@ def _configs(config_file, o) -> tuple[dict, dict, dict]:
 
 
 @click.command()
-@click.option("--data", "data_spec", required=True, help="Training images: folder of PNGs, .npy/.npz, or fashion-mnist:train.")
+@click.option("--data", "data_spec", required=True, help="Training images: folder of PNGs, .npy/.npz, fashion-mnist:train or photos:train.")
+@click.option("--crop", type=click.IntRange(min=1), default=None, help="Train on random CROP x CROP crops of the images (which may then differ in size; "
+              "--holdout counts whole images, evaluated on fixed crops). Default: whole images, all of one square size.")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="Prior file to write (EMA weights), updated at every checkpoint.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="Training state file (default: OUT with .state appended).")
 @click.option("--resume", is_flag=True, help="Continue exactly from --checkpoint (configs come from it; --steps may extend the run).")
@@ -58,6 +60,10 @@ def _configs(config_file, o) -> tuple[dict, dict, dict]:
 @click.option("--res-blocks", type=int, default=2, show_default=True)
 @click.option("--attention", default="7", show_default=True, help="Resolutions with self-attention (comma-separated, '' for none).")
 @click.option("--dropout", type=float, default=0.1, show_default=True)
+@click.option("--norm", type=click.Choice(["group", "channel"]), default="group", show_default=True,
+              help="group: GroupNorm over channels and pixels; channel: per pixel over channels. With channel, "
+                   "--no-mid-attention and --attention '' the network is fully convolutional: it codes any image size whole.")
+@click.option("--mid-attention/--no-mid-attention", default=True, show_default=True, help="Self-attention in the middle block.")
 @click.option("--schedule", type=click.Choice(["linear", "cosine"]), default="cosine", show_default=True)
 @click.option("--timesteps", type=int, default=1000, show_default=True)
 @click.option("--variance", type=click.Choice(["small", "large", "learned"]), default="learned", show_default=True)
@@ -69,12 +75,14 @@ def _configs(config_file, o) -> tuple[dict, dict, dict]:
 @click.option("--ema", type=float, default=0.999, show_default=True)
 @click.option("--flip/--no-flip", default=False, show_default=True, help="Random horizontal flips.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--precision", type=click.Choice(["float32", "bf16"]), default="float32", show_default=True,
+              help="bf16: the network's forward and backward passes under bf16 autocast (README, Engines).")
 @click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice; 1 per process under torchrun).")
 @engine_option("the held-out evaluation runs the network", "(float32 without onnxruntime; README, Engines). "
                "Training itself runs float32.")
 @device_option
 @one_line_errors
-def train(data_spec, out, checkpoint, resume, config_file, steps, time_limit, holdout, eval_images, eval_every, ckpt_every,
+def train(data_spec, crop, out, checkpoint, resume, config_file, steps, time_limit, holdout, eval_images, eval_every, ckpt_every,
           log_path, threads, engine, device, **flags):
     """Train a DDPM prior; runs data-parallel under `torchrun --nproc_per_node N`.
 
@@ -101,29 +109,24 @@ def train(data_spec, out, checkpoint, resume, config_file, steps, time_limit, ho
         torch.set_num_threads(threads)
     try:
         _train(data_spec, out, checkpoint, resume, config_file, steps, time_limit, holdout, eval_images, eval_every,
-               ckpt_every, log_path, dev, flags, engine)
+               ckpt_every, log_path, dev, flags, engine, crop)
     finally:
         if distributed:
             dist.destroy_process_group()
 
 
 def _train(data_spec, out, checkpoint, resume, config_file, steps, time_limit, holdout, eval_images, eval_every,
-           ckpt_every, log_path, dev, flags, engine="float32"):
-    from diffcodec.data import load_images
+           ckpt_every, log_path, dev, flags, engine="float32", crop=None):
     from diffcodec.prior import PriorConfig
     from diffcodec.train import TrainConfig, Trainer, fit, read_train_state
 
-    data = load_images(data_spec)
-    if holdout >= len(data):
-        raise ValueError(f"--holdout {holdout} leaves no training images ({len(data)} in {data_spec})")
-    train_images = data.images[: len(data) - holdout] if holdout else data.images
-    heldout = data.images[len(data) - holdout :][:eval_images] if holdout else None
+    train_images, heldout, shape = _training_data(data_spec, holdout, eval_images, crop)
     checkpoint = checkpoint or f"{out}.state"
     if resume:
         tensors, meta, prior_cfg, train_cfg = read_train_state(checkpoint)
     else:
         unet, prior, tcfg = _configs(config_file, flags)
-        c, h, w = data.shape
+        c, h, w = shape
         if h != w:
             raise ValueError(f"training images must be square, got {w}x{h}")
         unet["image_channels"], unet["image_size"] = c, h
@@ -138,8 +141,47 @@ def _train(data_spec, out, checkpoint, resume, config_file, steps, time_limit, h
     elif trainer.rank == 0:
         n = sum(p.numel() for p in trainer.prior.net.parameters())
         click.echo(f"training a {n:,}-parameter prior on {len(train_images)} images ({data_spec})", err=True)
-    info = {"data": data_spec, "holdout": holdout}
+    info = {"data": data_spec, "holdout": holdout, **({"crop": crop} if crop else {})}
     fit(trainer, steps, checkpoint, out, ckpt_every=ckpt_every, eval_every=eval_every, time_limit=time_limit, info=info,
         log_path=log_path)
     if trainer.rank == 0:
         click.echo(f"step {trainer.step}: wrote {out} (state {checkpoint})")
+
+
+def _training_data(data_spec: str, holdout: int, eval_images: int, crop: int | None):
+    """(training images or CropPool, held-out images or None, image shape [C, H, W]) for ``--data``.
+
+    Whole images: the last ``holdout`` images are held out. Crops: the last ``holdout`` images
+    (photographs) are held out whole, and evaluated on ``eval_images`` fixed crops (seed 0).
+    """
+    from diffcodec.data import load_images
+    from diffcodec.train import CropPool
+
+    if crop is None:
+        data = load_images(data_spec)
+        if holdout >= len(data):
+            raise ValueError(f"--holdout {holdout} leaves no training images ({len(data)} in {data_spec})")
+        train_images = data.images[: len(data) - holdout] if holdout else data.images
+        heldout = data.images[len(data) - holdout :][:eval_images] if holdout else None
+        return train_images, heldout, data.shape
+    if data_spec.startswith("photos:") and data_spec.count(":") == 1:
+        from diffcodec.photos import load_photos
+
+        images = [p.image for p in load_photos(data_spec.split(":", 1)[1])]
+    elif Path(data_spec).is_dir():  # a folder of images of any sizes
+        from diffcodec.images import IMAGE_SUFFIXES, read_image
+
+        images = [read_image(f) for f in sorted(Path(data_spec).iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+        if not images:
+            raise ValueError(f"{data_spec}: no image files")
+    else:
+        images = list(load_images(data_spec).images)
+    if holdout >= len(images):
+        raise ValueError(f"--holdout {holdout} leaves no training images ({len(images)} in {data_spec}; with --crop it counts whole images)")
+    pool = CropPool(images[: len(images) - holdout], crop)
+    heldout = None
+    if holdout:
+        import torch
+
+        heldout = CropPool(images[len(images) - holdout :], crop).draw(eval_images, torch.Generator().manual_seed(0)).numpy()
+    return pool, heldout, pool.shape

@@ -36,12 +36,17 @@ def prior_digest(config: PriorConfig, state: dict[str, torch.Tensor]) -> str:
     for name in sorted(state):
         t = state[name].detach().cpu().contiguous()
         h.update(f"\0{name}\0{t.dtype}\0{list(t.shape)}\0".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
 def _state(prior: Prior) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().float().contiguous() for k, v in prior.net.state_dict().items()}
+    return {k: _plain(v.detach().cpu().float()) for k, v in prior.net.state_dict().items()}
+
+
+def _plain(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with row-major strides (channels-last weights, even 1×1 ones that count as contiguous, are copied)."""
+    return t.clone(memory_format=torch.contiguous_format)
 
 
 def save_prior(prior: Prior, path: str | os.PathLike, info: dict | None = None) -> str:
@@ -94,17 +99,64 @@ def _diffusers_folder_of(path: Path) -> Path | None:
     return None
 
 
+# The embedded priors, by the name --prior takes: Fashion-MNIST (grayscale 28×28, the default) and
+# natural colour photographs (an any-size network: it codes whole images).
+EMBEDDED_PRIORS = {"fashion": DEFAULT_PRIOR_NAME, "photo": "photo.safetensors"}
+
+
 def default_prior_path() -> Path:
-    return Path(str(resources.files("diffcodec") / "priors" / DEFAULT_PRIOR_NAME))
+    return embedded_prior_path("fashion")
+
+
+def embedded_prior_path(name: str) -> Path:
+    return Path(str(resources.files("diffcodec") / "priors" / EMBEDDED_PRIORS[name]))
+
+
+def prior_location(path: str | os.PathLike | None) -> Path:
+    """--prior's value as a path: None → the default prior; an embedded name (``fashion``, ``photo``)
+    → that prior, unless a file or folder of that name exists here."""
+    if path is None:
+        return default_prior_path()
+    if str(path) in EMBEDDED_PRIORS and not Path(path).exists():
+        found = embedded_prior_path(str(path))
+        if not found.is_file():
+            raise ValueError(f"the embedded prior {path!r} is not installed ({found} is missing)")
+        return found
+    return Path(path)
+
+
+def embedded_prior_for_channels(channels: int) -> str:
+    """The embedded prior for input of ``channels`` channels: 1 (grayscale) → fashion, 3 (colour) → photo."""
+    if channels == 3:
+        if not embedded_prior_path("photo").is_file():
+            raise ValueError("colour input, but the embedded photo prior is not installed; pass a colour prior with --prior")
+        return "photo"
+    return "fashion"
+
+
+def embedded_prior_for_file(matches) -> str | None:
+    """The embedded prior whose recorded digest ``matches(digest) -> bool`` accepts (a file header's
+    ``matches_prior``), or None. Reads each prior's header only; load_prior verifies the weights."""
+    for name in EMBEDDED_PRIORS:
+        path = embedded_prior_path(name)
+        if path.is_file():
+            try:
+                digest = read_prior_header(path.read_bytes()).get("digest")
+            except ValueError:
+                continue
+            if digest and matches(digest):
+                return name
+    return None
 
 
 def load_prior(path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> Prior:
-    """Load a prior file (the embedded default when ``path`` is None), verify its digest, eval mode.
+    """Load a prior file (the embedded default when ``path`` is None; an embedded prior by name,
+    :func:`prior_location`), verify its digest, eval mode.
 
     A folder is read as a Hugging Face diffusers DDPM checkpoint (``diffusers_prior``, needs the
     ``diffusers`` extra).
     """
-    path = default_prior_path() if path is None else Path(path)
+    path = prior_location(path)
     if path.is_dir():
         from .diffusers_prior import load_diffusers_prior
 

@@ -16,7 +16,7 @@ def as_pixels(images, shape: tuple[int, int, int] | None = None) -> torch.Tensor
 
     Accepts a torch tensor or NumPy array of any integer dtype with values in 0..255. Raises
     ValueError naming the problem for floats, other ranks, out-of-range values or, when ``shape``
-    (C, H, W) is given, a different channel count or size.
+    (C, H, W) is given, a different channel count or size (H = W = None: any size).
     """
     if isinstance(images, np.ndarray):
         images = torch.from_numpy(images)
@@ -32,7 +32,7 @@ def as_pixels(images, shape: tuple[int, int, int] | None = None) -> torch.Tensor
         c, h, w = shape
         if images.shape[1] != c:
             raise ValueError(f"images have {images.shape[1]} channels, the prior expects {c}")
-        if tuple(images.shape[2:]) != (h, w):
+        if h is not None and tuple(images.shape[2:]) != (h, w):
             raise ValueError(f"images are {images.shape[2]}x{images.shape[3]}, the prior expects {h}x{w}")
     return images.to(torch.uint8)
 

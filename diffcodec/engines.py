@@ -66,14 +66,16 @@ class EngineNet(nn.Module):
 
 
 class OnnxRuntimeNet(nn.Module):
-    """``net`` exported to ONNX (in memory, TorchScript exporter, opset 17, batch axis dynamic) and run
+    """``net`` exported to ONNX (in memory, TorchScript exporter, opset 17, batch axis dynamic, and the
+    spatial axes for an any-size network) and run
     by ONNX Runtime's CPU provider in float32 with ``threads`` intra-op threads (1 by default: nll's
     workers call it side by side; the coders pass the thread count their file records). ``inner`` keeps
     the torch network, so parameters and device are the original's.
     """
 
-    def __init__(self, net: nn.Module, image_shape: tuple[int, ...], threads: int = 1):
+    def __init__(self, net: nn.Module, image_shape: tuple[int, ...], threads: int = 1, any_size: bool = False):
         super().__init__()
+        space = {2: "h", 3: "w"} if any_size else {}  # fixed for the other priors: their graphs stay as measured
         if not onnxruntime_available():
             raise ValueError(_NO_ONNXRUNTIME)
         import onnxruntime as ort
@@ -85,7 +87,7 @@ class OnnxRuntimeNet(nn.Module):
                 warnings.simplefilter("ignore")
                 torch.onnx.export(net, (torch.zeros((1, *image_shape)), torch.ones(1)), buf, dynamo=False, opset_version=17,
                                   input_names=["x", "t"], output_names=["out"],
-                                  dynamic_axes={"x": {0: "n"}, "t": {0: "n"}, "out": {0: "n"}})
+                                  dynamic_axes={"x": {0: "n", **space}, "t": {0: "n"}, "out": {0: "n", **space}})
         finally:
             net.train(was_training)
         opts = ort.SessionOptions()
@@ -184,7 +186,7 @@ def with_engine(prior: Prior, engine: Engine | str, threads: int = 1) -> Prior:
     if engine is Engine.ONNXRUNTIME:
         if device.type != "cpu":
             raise ValueError(f"engine onnxruntime runs on the CPU; the prior is on {device} (use --device cpu)")
-        return with_net(prior, OnnxRuntimeNet(prior.net, prior.image_shape, threads))
+        return with_net(prior, OnnxRuntimeNet(prior.net, prior.image_shape, threads, prior.any_size))
     return with_net(prior, EngineNet(prior.net, engine))
 
 

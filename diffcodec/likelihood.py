@@ -202,7 +202,7 @@ def mc_proposal(schedule: Schedule) -> np.ndarray:
 def _exact_batch(prior: Prior, pixels: torch.Tensor, schedule: Schedule, gen: torch.Generator, pairs: int) -> _Batch:
     terms = compute_terms(prior, pixels, schedule, gen, max_batch=pairs)
     B, K = terms.step_nats.shape
-    sq = terms.x0_mse.sum(0) * prior.num_dims
+    sq = terms.x0_mse.sum(0) * terms.num_dims
     return _Batch.of(
         terms.prior_nats, terms.step_nats, sq, torch.full((K,), B, device=sq.device), torch.zeros_like(terms.prior_nats)
     )
@@ -343,7 +343,7 @@ def evaluate_nll(
         raise ValueError(f"--samples must be >= 1, got {samples}")
     if batch < 1 or pairs_per_call < 1 or (workers is not None and workers < 1):
         raise ValueError(f"batch, pairs per call and workers must be >= 1, got {batch}, {pairs_per_call}, {workers}")
-    pixels = as_pixels(images, prior.image_shape)
+    pixels = as_pixels(images, prior.input_shape)
     if len(pixels) == 0:
         raise ValueError("no images to evaluate")
     device = next(prior.parameters(), torch.empty(0)).device
@@ -365,7 +365,7 @@ def evaluate_nll(
     with _inference(prior, single_threaded=cpu), tqdm(total=evals, desc=f"nll {estimator.value}", unit="img-step",
                                                       disable=not progress) as bar:
         parts = _run_groups(prior, run, math.ceil(len(pixels) / batch), workers, bar)
-    result = _summarize(parts, prior, schedule, estimator, samples, seed, time.perf_counter() - start_time)
+    result = _summarize(parts, prior.digest, pixels[0].numel(), schedule, estimator, samples, seed, time.perf_counter() - start_time)
     result.engine = engine
     return result
 
@@ -406,8 +406,7 @@ def _run_groups(prior: Prior, run, num_groups: int, workers: int, bar) -> list[_
     return parts
 
 
-def _summarize(parts, prior, schedule, estimator, samples, seed, seconds) -> Likelihood:
-    D = prior.num_dims
+def _summarize(parts, digest: str | None, D: int, schedule, estimator, samples, seed, seconds) -> Likelihood:
     image_nats = torch.cat([p.image_nats for p in parts]).cpu()
     n = len(image_nats)
     step_sum, step_sumsq, sq_err, evaluations = (sum(getattr(p, f).cpu() for p in parts) for f in ("step_sum", "step_sumsq", "sq_err", "evaluations"))
@@ -430,7 +429,7 @@ def _summarize(parts, prior, schedule, estimator, samples, seed, seconds) -> Lik
         num_dims=D,
         samples=samples if estimator is Estimator.MC else None,
         seed=seed,
-        prior_digest=prior.digest,
+        prior_digest=digest,
         seconds=seconds,
     )
 

@@ -145,6 +145,25 @@ class Prior(nn.Module):
         c, h, w = self.image_shape
         return c * h * w
 
+    @property
+    def any_size(self) -> bool:
+        """True for a fully convolutional network (unet.UNetConfig.fully_convolutional): it codes an image
+        of any size whole; :attr:`image_shape` is then only the size it was trained on."""
+        unet = getattr(self.config, "unet", None)
+        return bool(getattr(unet, "fully_convolutional", False))
+
+    @property
+    def input_shape(self) -> tuple[int, int | None, int | None]:
+        """(C, H, W) of the images it takes: :attr:`image_shape`, or (C, None, None) for an any-size prior."""
+        c, h, w = self.image_shape
+        return (c, None, None) if self.any_size else (c, h, w)
+
+    @property
+    def stride(self) -> int:
+        """Sizes the network takes must be multiples of this (:meth:`network` pads the others)."""
+        unet = getattr(self.config, "unet", None)
+        return getattr(unet, "stride", 1)
+
     def schedule(self, steps: int | None = None, spacing: Spacing | str = Spacing.EVEN) -> Schedule:
         """The base schedule, or its respacing to ``steps`` steps."""
         T = self.config.num_timesteps
@@ -160,8 +179,20 @@ class Prior(nn.Module):
         return hit
 
     def network(self, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(ε, v) in float32; v is None unless the variance is learned."""
-        return self.split_output(self.net(x_t.float(), t.float()))
+        """(ε, v) in float32; v is None unless the variance is learned.
+
+        An any-size prior gets x_t padded by edge replication up to multiples of :attr:`stride` (the
+        padding is a function of x_t, so p(x_{k−1}|x_k) stays a model of the real pixels alone) and
+        its outputs cropped back.
+        """
+        x = x_t.float()
+        h, w = x.shape[-2:]
+        s = self.stride
+        pad_h, pad_w = -h % s, -w % s
+        if self.any_size and (pad_h or pad_w):
+            x = torch.nn.functional.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+            return self.split_output(self.net(x, t.float())[..., :h, :w])
+        return self.split_output(self.net(x, t.float()))
 
     def split_output(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """A raw network output [N, C or 2C, H, W] → (ε, v or None)."""

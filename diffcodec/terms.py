@@ -98,7 +98,8 @@ def compute_terms(
     """
     schedule = schedule if schedule is not None else prior.base_schedule
     device = next(prior.parameters(), torch.empty(0)).device
-    pixels = as_pixels(images, prior.image_shape).to(device)
+    pixels = as_pixels(images, prior.input_shape).to(device)
+    D = pixels[0].numel()
     x0 = pixels_to_model(pixels, torch.float64)
     B, K = x0.shape[0], schedule.num_steps
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
@@ -115,4 +116,4 @@ def compute_terms(
         sq_err[:, js] = out.x0_sq_err.view(len(js), B).T
 
     prior_nats = prior_kl(x0, float(schedule.alphas_cumprod[-1])).sum(dim=(1, 2, 3))
-    return Terms(prior_nats=prior_nats, step_nats=step_nats, x0_mse=sq_err / prior.num_dims, num_dims=prior.num_dims)
+    return Terms(prior_nats=prior_nats, step_nats=step_nats, x0_mse=sq_err / D, num_dims=D)

@@ -45,6 +45,9 @@ class Objective(str, enum.Enum):
     HYBRID = "hybrid"
 
 
+PRECISIONS = ("float32", "bf16")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     objective: Objective = Objective.HYBRID
@@ -57,9 +60,12 @@ class TrainConfig:
     seed: int = 0
     hybrid_lambda: float = 0.001
     uniform_mix: float = 0.001  # uniform share of the importance-sampling distribution
+    precision: str = "float32"  # "bf16": the network's forward and backward under bf16 autocast (losses in float32)
 
     def __post_init__(self):
         object.__setattr__(self, "objective", Objective(self.objective))
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.batch_size < 1 or self.lr <= 0 or not 0 <= self.ema_decay < 1 or self.warmup_steps < 0:
             raise ValueError("batch size must be >= 1, lr > 0, 0 <= ema < 1, warm-up >= 0")
 
@@ -113,7 +119,9 @@ def training_losses(prior: Prior, net, x0: torch.Tensor, t: torch.Tensor, noise:
     schedule = prior.base_schedule
     tab = prior.tables(schedule, x0.device)
     x_t = q_sample(x0, tab.gather("alpha_bar", t, x0), noise)
-    eps, v = prior.split_output(net(x_t, tab["timesteps"][t].float()))
+    with torch.autocast(x_t.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+        out = net(x_t, tab["timesteps"][t].float())
+    eps, v = prior.split_output(out.float())
     mse = (eps - noise).pow(2).mean(dim=(1, 2, 3))
     if cfg.objective is Objective.SIMPLE:
         return Losses(loss=mse, mse=mse, vlb_bpd=None)
@@ -139,10 +147,51 @@ class EvalPoint:
     heldout_bpd_stderr: float
 
 
-class Trainer:
-    """Holds the model, EMA, optimizer, sampler and RNG state; :meth:`run` trains to a step count."""
+class CropPool:
+    """Training images of different sizes, seen through random ``size``×``size`` crops.
 
-    def __init__(self, prior_config: PriorConfig, cfg: TrainConfig, images: np.ndarray, device: torch.device,
+    Every (image, position) is equally likely: an image of H×W is drawn with weight
+    (H − size + 1)(W − size + 1), then a position uniformly. Draws use the trainer's generator, so a
+    resumed run continues with the crops the uninterrupted one would have drawn.
+    """
+
+    def __init__(self, images: list[np.ndarray], size: int):
+        fits = [torch.from_numpy(np.ascontiguousarray(im)) for im in images if min(im.shape[1:]) >= size]
+        if not fits:
+            raise ValueError(f"no training image is {size}x{size} or larger")
+        if len({im.shape[0] for im in fits}) != 1:
+            raise ValueError("training images differ in channel count")
+        self.images, self.size = fits, size
+        self.weights = torch.tensor([(im.shape[1] - size + 1) * (im.shape[2] - size + 1) for im in fits], dtype=torch.float64)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.images[0].shape[0], self.size, self.size)
+
+    def draw(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        """[n, C, size, size] uint8 crops."""
+        which = torch.multinomial(self.weights, n, replacement=True, generator=gen)
+        u = torch.rand(n, 2, generator=gen, dtype=torch.float64)
+        s = self.size
+        out = torch.empty((n, *self.shape), dtype=torch.uint8)
+        for i, k in enumerate(which.tolist()):
+            im = self.images[k]
+            y = int(u[i, 0] * (im.shape[1] - s + 1))
+            x = int(u[i, 1] * (im.shape[2] - s + 1))
+            out[i] = im[:, y : y + s, x : x + s]
+        return out
+
+
+class Trainer:
+    """Holds the model, EMA, optimizer, sampler and RNG state; :meth:`run` trains to a step count.
+
+    ``images`` is an array [N, C, H, W] of the prior's size, or a :class:`CropPool` of its size.
+    """
+
+    def __init__(self, prior_config: PriorConfig, cfg: TrainConfig, images: np.ndarray | CropPool, device: torch.device,
                  heldout: np.ndarray | None = None, eval_engine: Engine | str = Engine.FLOAT32):
         if prior_config.variance is not VarianceMode.LEARNED and cfg.objective is not Objective.SIMPLE:
             raise ValueError(f"objective {cfg.objective.value!r} trains the variance: it needs variance 'learned'")
@@ -153,18 +202,22 @@ class Trainer:
             raise ValueError(f"batch size {cfg.batch_size} is not divisible by the {self.world} processes")
         torch.manual_seed(cfg.seed + 1000 * self.rank)  # dropout noise differs per rank
         self.prior = Prior(prior_config).to(device).train()
-        if tuple(images.shape[1:]) != self.prior.image_shape:
-            raise ValueError(f"training images are {list(images.shape[1:])}, the prior config expects {list(self.prior.image_shape)}")
+        shape = images.shape if isinstance(images, CropPool) else tuple(images.shape[1:])
+        if tuple(shape) != self.prior.image_shape:
+            raise ValueError(f"training images are {list(shape)}, the prior config expects {list(self.prior.image_shape)}")
         self.ema = Prior(prior_config).to(device).eval()
         self.ema.net.load_state_dict(self.prior.net.state_dict())
         self.ema.requires_grad_(False)
+        if getattr(prior_config.unet, "norm", "group") == "channel":  # its per-pixel norms are fastest channels-last
+            self.prior.net.to(memory_format=torch.channels_last)
+            self.ema.net.to(memory_format=torch.channels_last)
         self.net = self.prior.net
         if self.world > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(self.prior.net)
         self.opt = torch.optim.Adam(self.prior.net.parameters(), lr=cfg.lr)
         self.sampler = TimestepSampler(prior_config.num_timesteps, cfg.objective is Objective.VLB, cfg.uniform_mix)
         self.gen = torch.Generator().manual_seed(cfg.seed)
-        self.images = torch.from_numpy(images)
+        self.images = images if isinstance(images, CropPool) else torch.from_numpy(images)
         self.heldout = heldout
         self.eval_engine = Engine(eval_engine)  # how the held-out evaluation runs the network (engines.with_engine)
         self.step = 0
@@ -175,8 +228,10 @@ class Trainer:
     # -- one optimisation step -------------------------------------------------------------------
     def _global_batch(self):
         B = self.cfg.batch_size
-        idx = torch.randint(0, len(self.images), (B,), generator=self.gen)
-        x0 = pixels_to_model(self.images[idx])
+        if isinstance(self.images, CropPool):
+            x0 = pixels_to_model(self.images.draw(B, self.gen))
+        else:
+            x0 = pixels_to_model(self.images[torch.randint(0, len(self.images), (B,), generator=self.gen)])
         if self.cfg.flip:
             flip = torch.rand(B, generator=self.gen) < 0.5
             x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
@@ -234,14 +289,14 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        t = {f"model.{k}": v.detach().cpu().contiguous() for k, v in self.prior.net.state_dict().items()}
-        t.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in self.ema.net.state_dict().items()})
+        t = {f"model.{k}": v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in self.prior.net.state_dict().items()}
+        t.update({f"ema.{k}": v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in self.ema.net.state_dict().items()})
         params = list(self.prior.net.parameters())
         for i, p in enumerate(params):
             st = self.opt.state.get(p)
             if st:
-                t[f"opt.{i}.exp_avg"] = st["exp_avg"].cpu().contiguous()
-                t[f"opt.{i}.exp_avg_sq"] = st["exp_avg_sq"].cpu().contiguous()
+                t[f"opt.{i}.exp_avg"] = st["exp_avg"].cpu().clone(memory_format=torch.contiguous_format)
+                t[f"opt.{i}.exp_avg_sq"] = st["exp_avg_sq"].cpu().clone(memory_format=torch.contiguous_format)
                 t[f"opt.{i}.step"] = torch.as_tensor(st["step"]).reshape(1).float().cpu()
         t["sampler.history"] = self.sampler.history.clone()
         t["sampler.counts"] = self.sampler.counts.clone()
@@ -273,8 +328,8 @@ class Trainer:
             if f"opt.{i}.exp_avg" in tensors:
                 self.opt.state[p] = {
                     "step": torch.tensor(float(tensors[f"opt.{i}.step"][0])),
-                    "exp_avg": tensors[f"opt.{i}.exp_avg"].to(self.device),
-                    "exp_avg_sq": tensors[f"opt.{i}.exp_avg_sq"].to(self.device),
+                    "exp_avg": torch.empty_like(p).copy_(tensors[f"opt.{i}.exp_avg"]),  # p's device and memory format
+                    "exp_avg_sq": torch.empty_like(p).copy_(tensors[f"opt.{i}.exp_avg_sq"]),
                 }
         self.sampler.history.copy_(tensors["sampler.history"])
         self.sampler.counts.copy_(tensors["sampler.counts"])

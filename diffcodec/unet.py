@@ -2,7 +2,11 @@
 
 The network knows timesteps, not diffusion: it receives the original timestep t (1..T) as a float and
 embeds it sinusoidally. Residual blocks carry GroupNorm, SiLU, dropout and the time embedding;
-self-attention sits at the resolutions listed in ``attention_resolutions``.
+self-attention sits at the resolutions listed in ``attention_resolutions`` and in the middle block.
+
+Fully convolutional variant (``norm="channel"``, ``mid_attention=False``, no attention resolutions):
+every normalisation is per pixel over channels (LayerNorm across C, no statistic over the image), so
+the network computes the same function on any image size; :meth:`UNetConfig.fully_convolutional`.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ class UNetConfig:
     dropout: float = 0.1
     learn_variance: bool = False  # output 2C channels: ε and v ∈ [−1, 1] (raw, interpreted by the prior)
     num_heads: int = 1
+    norm: str = "group"  # "group": GroupNorm(32) over channels and pixels; "channel": per pixel over channels
+    mid_attention: bool = True
 
     def __post_init__(self):
         object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
@@ -39,16 +45,47 @@ class UNetConfig:
             )
         if self.base_channels < 1 or self.num_res_blocks < 1:
             raise ValueError("base_channels and num_res_blocks must be positive")
+        if self.norm not in ("group", "channel"):
+            raise ValueError(f"norm must be 'group' or 'channel', got {self.norm!r}")
+
+    @property
+    def fully_convolutional(self) -> bool:
+        """True when no layer depends on the image size: the network runs on any H×W divisible by :attr:`stride`."""
+        return self.norm == "channel" and not self.mid_attention and not self.attention_resolutions
+
+    @property
+    def stride(self) -> int:
+        return 2 ** (len(self.channel_mult) - 1)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["channel_mult"] = list(self.channel_mult)
         d["attention_resolutions"] = list(self.attention_resolutions)
+        for key in ("norm", "mid_attention"):  # absent at their defaults: older priors keep their digests
+            if d[key] == getattr(UNetConfig, key):
+                del d[key]
         return d
 
 
 def _groups(channels: int) -> int:
     return math.gcd(32, channels)
+
+
+class ChannelNorm(nn.Module):
+    """LayerNorm over the channels of each pixel ([N, C, H, W]), with a per-channel scale and shift."""
+
+    def __init__(self, channels: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.shape, self.eps = (channels,), eps  # a constant (ONNX exports it as one)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # fastest on channels-last tensors (UNet.forward makes them)
+        return F.layer_norm(x.permute(0, 2, 3, 1), self.shape, self.weight, self.bias, self.eps).permute(0, 3, 1, 2)
+
+
+def make_norm(kind: str, channels: int) -> nn.Module:
+    return ChannelNorm(channels) if kind == "channel" else nn.GroupNorm(_groups(channels), channels)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -61,12 +98,12 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 class ResBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, temb: int, dropout: float):
+    def __init__(self, cin: int, cout: int, temb: int, dropout: float, norm: str = "group"):
         super().__init__()
-        self.norm1 = nn.GroupNorm(_groups(cin), cin)
+        self.norm1 = make_norm(norm, cin)
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
         self.temb = nn.Linear(temb, cout)
-        self.norm2 = nn.GroupNorm(_groups(cout), cout)
+        self.norm2 = make_norm(norm, cout)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
         nn.init.zeros_(self.conv2.weight)
@@ -112,7 +149,7 @@ class UNet(nn.Module):
         skips, cur, res = [ch], ch, cfg.image_size
         for level, mult in enumerate(cfg.channel_mult):
             for _ in range(cfg.num_res_blocks):
-                block = nn.ModuleList([ResBlock(cur, ch * mult, temb, cfg.dropout)])
+                block = nn.ModuleList([ResBlock(cur, ch * mult, temb, cfg.dropout, cfg.norm)])
                 cur = ch * mult
                 if res in cfg.attention_resolutions:
                     block.append(AttnBlock(cur, cfg.num_heads))
@@ -124,13 +161,15 @@ class UNet(nn.Module):
                 res //= 2
 
         self.mid = nn.ModuleList(
-            [ResBlock(cur, cur, temb, cfg.dropout), AttnBlock(cur, cfg.num_heads), ResBlock(cur, cur, temb, cfg.dropout)]
+            [ResBlock(cur, cur, temb, cfg.dropout, cfg.norm)]
+            + ([AttnBlock(cur, cfg.num_heads)] if cfg.mid_attention else [])
+            + [ResBlock(cur, cur, temb, cfg.dropout, cfg.norm)]
         )
 
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
             for i in range(cfg.num_res_blocks + 1):
-                block = nn.ModuleList([ResBlock(cur + skips.pop(), ch * mult, temb, cfg.dropout)])
+                block = nn.ModuleList([ResBlock(cur + skips.pop(), ch * mult, temb, cfg.dropout, cfg.norm)])
                 cur = ch * mult
                 if res in cfg.attention_resolutions:
                     block.append(AttnBlock(cur, cfg.num_heads))
@@ -141,7 +180,7 @@ class UNet(nn.Module):
                 self.up.append(block)
 
         out_ch = cfg.image_channels * (2 if cfg.learn_variance else 1)
-        self.norm_out = nn.GroupNorm(_groups(cur), cur)
+        self.norm_out = make_norm(cfg.norm, cur)
         self.conv_out = nn.Conv2d(cur, out_ch, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
@@ -154,6 +193,8 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         emb = self.temb(timestep_embedding(t, self.config.base_channels))
+        if self.config.norm == "channel":  # per-pixel norms run on channels-last memory (same values)
+            x = x.contiguous(memory_format=torch.channels_last)
         h = self.conv_in(x)
         hs = [h]
         for block in self.down:
@@ -162,7 +203,7 @@ class UNet(nn.Module):
         h = self._run(self.mid, h, emb)
         for block in self.up:
             h = self._run(block, torch.cat([h, hs.pop()], dim=1), emb)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(F.silu(self.norm_out(h))).contiguous()
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -30,6 +30,18 @@ def make_tiny_prior(variance: str = "learned", channels: int = 1, size: int = 8,
     return prior.eval()
 
 
+def make_tiny_photo_prior(T: int = 20, seed: int = 0) -> Prior:
+    """A random tiny any-size colour prior (per-pixel norms, no attention: fully convolutional), stride 2."""
+    unet = UNetConfig(image_channels=3, image_size=8, base_channels=8, channel_mult=(1, 2), num_res_blocks=1,
+                      attention_resolutions=(), dropout=0.0, learn_variance=True, norm="channel", mid_attention=False)
+    prior = Prior(PriorConfig(unet=unet, num_timesteps=T, variance="learned"))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in prior.net.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    return prior.eval()
+
+
 @pytest.fixture
 def one_thread():
     """Tiny nets gain nothing from threads, and on a busy 2-core machine OpenMP barriers make every op wait."""

@@ -188,20 +188,44 @@ def ramp_of(sizes: list[int], max_batch: int) -> tuple[int, ...]:
     return tuple(sizes[:i])
 
 
-def to_tiles(images: np.ndarray, tile: int) -> np.ndarray:
-    """[N, C, H, W] → [N·⌈H/t⌉·⌈W/t⌉, C, t, t], row-major tiles, edges padded by replication."""
+LOSSLESS_TILE = 64  # px: the tiles an any-size prior chains (see lossless_tile)
+
+
+def lossless_tile(prior: Prior, height: int, width: int) -> int:
+    """The square tile ``compress`` codes images of height×width with: the prior's own size, or for an
+    any-size prior LOSSLESS_TILE (at most the image's longer side).
+
+    Bits-back cannot code one image whole in a single file: the chain first pops about three bits
+    per dimension of seed (coding.bitsback) before it pushes anything back, so one image alone would
+    pay close to its own size in initial bits. Tiles chain: the classic seed of the first tiles pays
+    the dip once and later tiles ride on the bits earlier ones pushed. The network still sees each
+    tile whole (no seam inside a tile); the progressive coder codes whole images (:func:`tile_shape`).
+    """
+    return min(LOSSLESS_TILE, max(height, width)) if prior.any_size else prior.image_shape[1]
+
+
+def tile_shape(prior: Prior, height: int, width: int) -> tuple[int, int]:
+    """The tile the progressive coder uses for an image of height×width: the whole image for an
+    any-size prior, else the prior's square size."""
+    return (height, width) if prior.any_size else (prior.image_shape[1], prior.image_shape[2])
+
+
+def to_tiles(images: np.ndarray, tile: int | tuple[int, int]) -> np.ndarray:
+    """[N, C, H, W] → [N·⌈H/a⌉·⌈W/b⌉, C, a, b] for tile (a, b) (an int: square), row-major tiles,
+    edges padded by replication."""
+    a, b = (tile, tile) if isinstance(tile, int) else tile
     n, c, h, w = images.shape
-    th, tw = math.ceil(h / tile), math.ceil(w / tile)
-    padded = np.pad(images, ((0, 0), (0, 0), (0, th * tile - h), (0, tw * tile - w)), mode="edge")
-    tiles = padded.reshape(n, c, th, tile, tw, tile).transpose(0, 2, 4, 1, 3, 5)
-    return np.ascontiguousarray(tiles.reshape(n * th * tw, c, tile, tile))
+    th, tw = math.ceil(h / a), math.ceil(w / b)
+    padded = np.pad(images, ((0, 0), (0, 0), (0, th * a - h), (0, tw * b - w)), mode="edge")
+    tiles = padded.reshape(n, c, th, a, tw, b).transpose(0, 2, 4, 1, 3, 5)
+    return np.ascontiguousarray(tiles.reshape(n * th * tw, c, a, b))
 
 
 def from_tiles(tiles: np.ndarray, n: int, h: int, w: int) -> np.ndarray:
     """Inverse of :func:`to_tiles` (crops the padding)."""
-    _, c, t, _ = tiles.shape
-    th, tw = math.ceil(h / t), math.ceil(w / t)
-    padded = tiles.reshape(n, th, tw, c, t, t).transpose(0, 3, 1, 4, 2, 5).reshape(n, c, th * t, tw * t)
+    _, c, a, b = tiles.shape
+    th, tw = math.ceil(h / a), math.ceil(w / b)
+    padded = tiles.reshape(n, th, tw, c, a, b).transpose(0, 3, 1, 4, 2, 5).reshape(n, c, th * a, tw * b)
     return np.ascontiguousarray(padded[:, :, :h, :w])
 
 
@@ -250,7 +274,7 @@ def check_images(prior: Prior, images) -> np.ndarray:
 
 
 def compress(prior: Prior, images, names: list[str], params: CodecParams = CodecParams(), progress: bool = False):
-    """Images [N, C, H, W] uint8 → (file bytes, CodecStats). Images of other sizes than the prior's are tiled."""
+    """Images [N, C, H, W] uint8 → (file bytes, CodecStats). Images are coded as tiles of :func:`lossless_tile`."""
     t0 = time.perf_counter()
     images = check_images(prior, images)
     if prior.digest is None:
@@ -259,10 +283,11 @@ def compress(prior: Prior, images, names: list[str], params: CodecParams = Codec
         raise ValueError(f"{len(images)} images but {len(names)} names")
     names = unique_output_names(list(names))
     params = params.resolved(prior)
-    check_work(len(images), images.shape[1], images.shape[2], images.shape[3], prior.image_shape[1], params.steps)
+    tile = lossless_tile(prior, images.shape[2], images.shape[3])
+    check_work(len(images), images.shape[1], images.shape[2], images.shape[3], tile, params.steps)
     schedule = prior.schedule(params.steps, params.spacing)
     grid = LatentGrid.build(schedule, params.grid)
-    tiles = to_tiles(images, prior.image_shape[1])
+    tiles = to_tiles(images, tile)
     with pinned_threads(params.threads), tqdm(total=(len(tiles) - 1) * params.steps, desc="compress",
                                               unit="tile-step", disable=not progress, leave=False) as bar:
         net = _Network(coding_view(prior, params.engine, params.threads), schedule, bar)
@@ -283,7 +308,7 @@ def compress(prior: Prior, images, names: list[str], params: CodecParams = Codec
     header = Header(
         prior_digest=prior.digest, steps=params.steps, spacing=_SPACINGS.index(params.spacing),
         grid_eighths=round(params.grid * 8), threads=params.threads, max_batch=params.max_batch, count=n,
-        channels=c, height=h, width=w, tile=prior.image_shape[1], seed_words=len(seed) + 1,
+        channels=c, height=h, width=w, tile=tile, seed_words=len(seed) + 1,
         pixel_hash=content_hash(images, names), boot=tuple((codec, len(data)) for codec, data in boots), names=names,
         ramp=ramp_of(sizes, params.max_batch), engine=ENGINES.index(params.engine),
     )
@@ -344,7 +369,7 @@ def decompress(prior: Prior, blob: bytes, progress: bool = False, engine: Engine
             f"file was made with another prior (digest {header.prior_digest[:16]}…, this prior is "
             f"{(prior.digest or 'unknown')[:16]}…); pass the right one with --prior"
         )
-    c, size = prior.image_shape[0], prior.image_shape[1]
+    c, size = prior.image_shape[0], lossless_tile(prior, header.height, header.width)
     if header.channels != c or header.tile != size:
         raise ValueError(
             f"compressed file is inconsistent with its prior (it holds {header.channels}-channel tiles of "

@@ -69,7 +69,7 @@ from ..schedule import Spacing
 from . import progressive_file as pf
 from . import progressive_finish as finishing
 from .arith import ArithmeticDecoder, ArithmeticEncoder, OutOfBits, Snapshot
-from .lossless import check_images, from_tiles, pinned_threads, to_tiles
+from .lossless import check_images, from_tiles, pinned_threads, tile_shape, to_tiles
 from .progressive_records import EncodeResult, StepRecord, StepStats, fidelity_stats, psnr, step_dict  # noqa: F401
 from .progressive_steps import LEVEL_MAX, LEVEL_MIN, LEVEL_SPAN, SKIP, Chain, kl_level
 from .rcc import block_size, candidate, kl_nats_per_dim, log_weight_coefs, read_index, seed_of, select, write_index
@@ -194,7 +194,7 @@ def encode(prior: Prior, image, params: ProgressiveParams = ProgressiveParams(),
     if not _free_start(schedule, prior.num_dims):
         raise ValueError("this prior's schedule does not end near N(0, I) (KL of x_K above 0.1 bit); not supported")
     c, h, w = image.shape
-    tiles = to_tiles(image[None], prior.image_shape[1])
+    tiles = to_tiles(image[None], tile_shape(prior, h, w))
     device = next(prior.parameters(), torch.empty(0)).device
     chain = Chain(coding_view(prior, params.engine, params.threads), schedule, tiles.shape, params.chunk_bits,
                   params.merge_bits, params.max_batch, device)
@@ -383,7 +383,7 @@ def decode(prior: Prior, data: bytes, steps: int | None = None, keep_intermediat
     if prior.digest is None or not header.matches_prior(prior.digest):
         raise ValueError(f"file was made with another prior (digest {header.prior_digest}…, this prior is "
                          f"{(prior.digest or 'unknown')[:8]}…); pass the right one with --prior")
-    c, size = prior.image_shape[0], prior.image_shape[1]
+    c = prior.image_shape[0]
     if header.channels != c or header.steps > prior.config.num_timesteps:
         raise ValueError("progressive file is inconsistent with its prior (corrupted header)")
     device = next(prior.parameters(), torch.empty(0)).device
@@ -394,7 +394,8 @@ def decode(prior: Prior, data: bytes, steps: int | None = None, keep_intermediat
     file_engine = decoding_engine(CODING_ENGINES[header.engine], device, engine)
     schedule = prior.schedule(header.steps, _SPACINGS[header.spacing])
     K = schedule.num_steps
-    tiles_shape = (math.ceil(header.height / size) * math.ceil(header.width / size), c, size, size)
+    a, b = tile_shape(prior, header.height, header.width)
+    tiles_shape = (math.ceil(header.height / a) * math.ceil(header.width / b), c, a, b)
     pf.check_work(header, tiles_shape[0])
     chain = Chain(coding_view(prior, file_engine, header.threads), schedule, tiles_shape, header.chunk_quarters / 4,
                   header.merge_quarters / 4, header.max_batch, device)

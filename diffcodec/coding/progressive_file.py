@@ -203,5 +203,6 @@ def _check_fields(h: Header) -> None:
 
 def check_work(header: Header, num_tiles: int) -> None:
     """Refuse headers whose implied work (tiles × steps) is absurd before allocating anything."""
-    if num_tiles * header.steps > 1 << 28:
-        raise ValueError(f"progressive file claims {num_tiles} tiles × {header.steps} steps; refusing")
+    if num_tiles * header.steps > 1 << 28 or header.channels * header.height * header.width > 1 << 26:
+        raise ValueError(f"progressive file claims {num_tiles} tiles × {header.steps} steps of a "
+                         f"{header.channels}x{header.height}x{header.width} image; refusing")
