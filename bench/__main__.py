@@ -17,6 +17,10 @@ Stages (``all`` runs them in this order, all but ``engines``; later stages reuse
             torch.compile, ONNX Runtime, OpenVINO) at batch 1, 8, 64: speed-up, max |Δε|, bits/dim
             change on 32 images → engines.{json,png} (issue #12; about 10 minutes, compiles; only
             when named)
+  photos    the photo prior on the held-out test photographs: lossless (whole photos) against PNG, WebP
+            and JPEG XL lossless, lossy (centre crops) against JPEG, WebP, JPEG XL and AVIF, time and
+            memory of nll/compress/encode on one photo → photos.{json,png} (issue #14; only when named;
+            --prior defaults to the embedded photo prior)
 
 Examples:
 
@@ -35,8 +39,8 @@ from .context import Context
 from .provenance import RESULTS
 
 STAGES = ("classic", "ideal", "progressive", "rd", "lossless", "terms", "strip", "timing")
-ON_REQUEST = ("engines",)  # machine benchmarks that compile and take minutes whatever --quick says: not in ``all``
-MODULES = {"classic": "classic", "ideal": "ideal", "progressive": "progressive", "rd": "rd", "lossless": "lossless_table", "terms": "timestep_terms", "strip": "strip", "timing": "timing", "engines": "engines"}
+ON_REQUEST = ("engines", "photos")  # machine benchmarks that compile and take minutes whatever --quick says: not in ``all``
+MODULES = {"classic": "classic", "ideal": "ideal", "progressive": "progressive", "rd": "rd", "lossless": "lossless_table", "terms": "timestep_terms", "strip": "strip", "timing": "timing", "engines": "engines", "photos": "photos"}
 QUICK_NUM = 100
 
 

@@ -59,21 +59,24 @@ OPERATIONS = ("encode", "decode", "compress", "decompress", "nll")
 
 @contextlib.contextmanager
 def recorded_calls(prior):
-    """A list that receives the batch size (rows) of every forward pass of ``prior.net`` in the block."""
-    calls: list[int] = []
-    hook = prior.net.register_forward_pre_hook(lambda module, args: calls.append(int(args[0].shape[0])))
+    """A list that receives the batch size (rows) of every forward pass of ``prior.net`` in the block
+    (for an any-size prior the whole input shape [n, C, H, W], as a tuple)."""
+    calls: list = []
+    shape = (lambda x: tuple(x.shape)) if prior.any_size else (lambda x: int(x.shape[0]))
+    hook = prior.net.register_forward_pre_hook(lambda module, args: calls.append(shape(args[0])))
     try:
         yield calls
     finally:
         hook.remove()
 
 
-def replay_seconds(prior, calls: list[int]) -> float:
-    """Seconds for network passes at the batch sizes ``calls``, alone: ``prior.network`` on float64
-    inputs [n, C, H, W] at a fixed timestep (the cost does not depend on it), after a warm-up pass."""
+def replay_seconds(prior, calls: list) -> float:
+    """Seconds for network passes at the batch sizes (or shapes) ``calls``, alone: ``prior.network``
+    on float64 inputs [n, C, H, W] at a fixed timestep (the cost does not depend on it), after a warm-up pass."""
     gen = torch.Generator().manual_seed(0)
-    x = {n: torch.randn((n, *prior.image_shape), generator=gen, dtype=torch.float64) for n in set(calls)}
-    t = {n: torch.full((n,), float(prior.config.num_timesteps // 2)) for n in x}
+    x = {n: torch.randn(n if isinstance(n, tuple) else (n, *prior.image_shape), generator=gen, dtype=torch.float64)
+         for n in set(calls)}
+    t = {n: torch.full((x[n].shape[0],), float(prior.config.num_timesteps // 2)) for n in x}
     with torch.no_grad():
         for n in x:
             prior.network(x[n], t[n])

@@ -190,3 +190,29 @@ def test_lossy_files_decode_and_measure():
     worst = classic.encode_decode(classic.LOSSY_BY_KEY["jpeg"], classic.as_hwc(image), 5)
     assert best.decoded.shape == (16, 16) and best.psnr > worst.psnr + 10
     assert len(best.data) > len(worst.data)
+
+
+def test_photos_bench_parts_on_a_tiny_colour_prior(tmp_path, one_thread):
+    """bench photos' lossless and lossy parts: every classic file decoded, compress checked exact, curves per crop."""
+    from bench import photos as bp
+    from bench.context import Context
+    from diffcodec.photos import Photo
+
+    from .conftest import make_tiny_photo_prior
+
+    prior = make_tiny_photo_prior()
+    prior.digest = "cd" * 32
+    rng = np.random.default_rng(0)
+    shots = [Photo(f"p{i}.png", rng.integers(0, 256, (3, 12 + i, 14), dtype=np.uint8)) for i in range(2)]
+    ctx = Context(out=tmp_path, quick=True, verbose=False)
+    ll = bp.lossless_part(ctx, prior, shots, steps=2)
+    assert [r["photo"] for r in ll["photos"]] == ["p0.png", "p1.png"]
+    for r in ll["photos"]:
+        assert r["tiles"] == 1 and r["tile"] == 14  # below the 64-px tile: the photo is one tile
+        assert r["png"] > 0 and r["compress"] > 0 and r["vlb_whole"] == pytest.approx(r["vlb_tiles"], rel=0.2)
+    assert set(ll["mean_bits_per_dim"]) >= {"png", "vlb_whole", "vlb_tiles", "compress"}
+    lossy = bp.lossy_part(ctx, prior, shots, steps=3, size=10)
+    assert lossy["crop"] == 10 and len(lossy["curves"]["diffcodec"]) == 2
+    rates, quality = lossy["curves"]["diffcodec"][0]
+    assert len(rates) == len(quality) >= 2 and rates == sorted(rates)  # every prefix a point, growing
+    assert bp.centre_crop(shots[1].image, 10).shape == (3, 10, 10)

@@ -1,0 +1,262 @@
+"""The photo prior on the held-out test photographs (issue #14): lossless, lossy, time and memory.
+
+``python -m bench photos [--prior P] [--quick]`` (P: default the embedded ``photo`` prior) measures,
+on the test split of the prepared photo corpus (``python -m diffcodec.photos prepare``):
+
+- **lossless, whole photos**: bytes of PNG (optimize), WebP lossless (method 6) and JPEG XL lossless
+  (effort 10) per photo, every file decoded and checked; diffcodec's variational bound of the whole
+  photo (the network sees the photo whole; 100 front-spaced steps, exact sum over steps) and of the
+  same photo as the 64-px tiles ``compress`` chains (what tiling costs); the real ``compress`` file of
+  each photo alone (header, classic seed and chain: everything), decoded back and checked bit-exact.
+  Means over photos are of per-photo bits/dim.
+- **lossy, centre crops**: the centre ``CROP``×``CROP`` of every test photo (the progressive coder
+  spends about 0.4 ms of search per bit on this CPU, so whole photos would take many minutes each);
+  JPEG, WebP, JPEG XL and AVIF quality sweeps (bench.classic, one file per crop, decoded) and
+  ``encode`` stopped at ``TOP_DB`` dB, whose every prefix is a point (real file bytes of the prefix,
+  PSNR of what the decoder shows). Per crop: the bits/dim each codec needs at 30 / 35 / 40 dB
+  (interpolated on its own front) and the BD-rate of diffcodec against each classic codec; reported
+  as means (rates) and medians (BD-rates) over crops.
+- **time and memory** on one test photo (the smallest): ``diffcodec nll``, ``compress`` and
+  ``encode --psnr 35`` run as separate processes (wall time and peak resident memory from the kernel),
+  each beside the network passes it made, replayed alone (bench.timing.replay_seconds).
+
+Writes ``photos.json`` and ``photos.png`` (the lossy RD curves, mean rate at each PSNR).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diffcodec.coding.lossless import CodecParams, compress, decompress, lossless_tile, to_tiles
+from diffcodec.coding.progressive import ProgressiveParams, Target, encode
+from diffcodec.engines import coding_engine, with_engine
+from diffcodec.images import write_image
+from diffcodec.photos import load_photos
+from diffcodec.terms import compute_terms
+
+from .bdrate import bd_rate
+from .classic import LOSSLESS, LOSSY, TARGETS_DB, as_hwc, lossless_bytes, measure, psnr, rate_at_psnr
+from .plotting import pyplot
+from .timing import recorded_calls, replay_seconds
+
+CROP, QUICK_CROP = 128, 64
+TOP_DB = 41.0  # encode stops at the first step at or above this PSNR (the comparisons stop at 40 dB)
+LOSSLESS_KEYS = ("png", "webp_lossless", "jxl_lossless_e10")
+LOSSY_KEYS = ("jpeg", "webp", "jxl", "avif")
+QUICK_PHOTOS = 2
+
+
+def _prior(ctx):
+    from diffcodec.checkpoint import load_prior
+
+    return load_prior(ctx.prior_path or "photo").eval()
+
+
+def centre_crop(image: np.ndarray, size: int) -> np.ndarray:
+    _, h, w = image.shape
+    y, x = (h - size) // 2, (w - size) // 2
+    return np.ascontiguousarray(image[:, y : y + size, x : x + size])
+
+
+def vlb_bits(prior, images: np.ndarray, steps: int, engine) -> float:
+    """Σ over ``images`` of the K-step bound in bits (one noise draw per image and step, seed 0)."""
+    schedule = prior.schedule(steps, "front")
+    terms = compute_terms(with_engine(prior, engine, torch.get_num_threads()), images, schedule,
+                          torch.Generator().manual_seed(0), max_batch=8)
+    return float(terms.total_nats.sum() / math.log(2))
+
+
+def lossless_part(ctx, prior, photos, steps: int) -> dict:
+    engine = coding_engine("auto")
+    rows = []
+    for p in photos:
+        image, dims = p.image, p.image.size
+        row = {"photo": p.name, "shape": list(image.shape)}
+        for key in LOSSLESS_KEYS:
+            if LOSSLESS[key][2]():
+                row[key] = 8 * lossless_bytes(key, as_hwc(image)) / dims
+        t0 = time.perf_counter()
+        row["vlb_whole"] = vlb_bits(prior, image[None], steps, engine) / dims
+        row["vlb_whole_seconds"] = time.perf_counter() - t0
+        tile = lossless_tile(prior, *image.shape[1:])
+        row["vlb_tiles"] = vlb_bits(prior, to_tiles(image[None], tile), steps, engine) / dims
+        t0 = time.perf_counter()
+        blob, stats = compress(prior, image[None], [p.name], CodecParams(steps=steps, engine=engine))
+        row["compress_seconds"] = time.perf_counter() - t0
+        back = decompress(prior, blob)[0][0]
+        if not np.array_equal(back, image):
+            raise RuntimeError(f"{p.name}: compress/decompress is not exact")
+        row.update(compress=8 * len(blob) / dims, compress_bytes=len(blob), tiles=stats.num_tiles,
+                   classic_tiles=stats.bootstrap_tiles, tile=tile, engine=engine.value)
+        rows.append(row)
+        ctx.log(f"  {p.name} {image.shape[2]}x{image.shape[1]}: " + ", ".join(
+            f"{k} {row[k]:.3f}" for k in (*LOSSLESS_KEYS, "vlb_whole", "vlb_tiles", "compress") if k in row))
+    keys = [k for k in (*LOSSLESS_KEYS, "vlb_whole", "vlb_tiles", "compress") if all(k in r for r in rows)]
+    return {"steps": steps, "engine": engine.value, "photos": rows,
+            "mean_bits_per_dim": {k: float(np.mean([r[k] for r in rows])) for k in keys}}
+
+
+def _encode_curve(prior, crop: np.ndarray, steps: int) -> tuple[list[dict], dict]:
+    res = encode(prior, crop, ProgressiveParams(steps=steps), Target(psnr=TOP_DB))
+    dims = crop.size
+    points = [{"step": s.n, "bits_per_dim": 8 * s.file_bytes / dims, "psnr": psnr(s.sq_err / dims)}
+              for s in res.steps if res.in_file(s)]
+    return points, {"seconds": res.seconds, "search_seconds": res.search_seconds, "bytes": len(res.data)}
+
+
+def lossy_part(ctx, prior, photos, steps: int, size: int | None = None) -> dict:
+    size = size or (QUICK_CROP if ctx.quick else CROP)
+    crops = [centre_crop(p.image, size) for p in photos]
+    fronts: dict[str, list] = {}
+    for key in LOSSY_KEYS:
+        codec = next(c for c in LOSSY if c.key == key)
+        if not codec.available():
+            continue
+        params = codec.quick_sweep() if ctx.quick else codec.sweep
+        per_crop = []
+        for c in crops:
+            rates, quals = [], []
+            for q in params:
+                b, m = measure(codec, c[None], q)
+                rates.append(8 * b[0] / c.size)
+                quals.append(psnr(m[0]) if m[0] > 0 else math.inf)
+            per_crop.append((rates, quals))
+        fronts[key] = per_crop
+    diff, info = [], []
+    for i, c in enumerate(crops):
+        t0 = time.perf_counter()
+        points, meta = _encode_curve(prior, c, steps)
+        diff.append(([q["bits_per_dim"] for q in points], [q["psnr"] for q in points]))
+        info.append(dict(meta, wall_seconds=time.perf_counter() - t0, photo=photos[i].name))
+        ctx.log(f"  encode {photos[i].name} crop: {meta['bytes']} bytes to {points[-1]['psnr']:.1f} dB in {meta['seconds']:.0f} s")
+    fronts["diffcodec"] = diff
+    rates = {k: {f"{t:g}": _mean_rate(v, t) for t in TARGETS_DB} for k, v in fronts.items()}
+    bd = {}
+    for key in LOSSY_KEYS:
+        if key in fronts:
+            per = [_bd_rate(a, d) for a, d in zip(fronts[key], diff)]
+            vals = [v for v in per if v is not None]
+            bd[key] = {"median": float(np.median(vals)) if vals else None, "per_crop": per}
+    return {"crop": size, "top_db": TOP_DB, "photos": [p.name for p in photos], "encode": info,
+            "bits_per_dim_at_psnr": rates, "bd_rate_vs": bd,
+            "curves": {k: [[list(map(float, r)), [float(x) for x in q]] for r, q in v] for k, v in fronts.items()}}
+
+
+def _bd_rate(anchor: tuple, test: tuple) -> float | None:
+    """BD-rate (%) of one crop's diffcodec curve against a classic one; None when they barely overlap."""
+    try:
+        return bd_rate(anchor, test)
+    except ValueError:  # a front of one or two points inside the overlap (a tiny prior, few steps)
+        return None
+
+
+def _mean_rate(per_crop: list, target: float) -> float | None:
+    """Mean over crops of the bits/dim each needs at ``target`` dB (None if any crop's front misses it)."""
+    vals = [rate_at_psnr(r, q, target) for r, q in per_crop]
+    return None if any(v is None for v in vals) else float(np.mean(vals))
+
+
+def _run_measured(cmd: list[str]) -> dict:
+    """Run a command; wall seconds and peak resident memory (MiB) of that process alone."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({status})")
+    return {"seconds": time.perf_counter() - t0, "peak_rss_mib": usage.ru_maxrss / 1024, "stdout": out}
+
+
+def timing_part(ctx, prior, photo, steps: int) -> dict:
+    """nll, compress and encode on one photo, each in its own process, beside its network passes alone."""
+    cli = [sys.executable, "-m", "diffcodec_cli.main"]
+    prior_arg = ["--prior", ctx.prior_path or "photo"]
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "photo.png"
+        write_image(path, photo.image)
+        engine = coding_engine("auto")
+        commands = {
+            "nll": (cli + ["nll", "--data", str(path), *prior_arg, "--steps", str(steps), "--estimator", "exact", "--json",
+                           "--engine", engine.value], None),
+            "compress": (cli + ["compress", str(path), "-o", f"{tmp}/p.dcl", *prior_arg, "--steps", str(steps), "--no-vlb",
+                                "--json"], lambda: compress(prior, photo.image[None], ["p.png"], CodecParams(steps=steps, engine="float32"))),
+            "encode": (cli + ["encode", str(path), "-o", f"{tmp}/p.dcp", *prior_arg, "--steps", str(steps), "--psnr", "35",
+                              "--json"], lambda: encode(prior, photo.image, ProgressiveParams(steps=steps), Target(psnr=35.0))),
+        }
+        for name, (cmd, op) in commands.items():
+            row = _run_measured(cmd)
+            record = json.loads(row.pop("stdout"))
+            view = with_engine(prior, record.get("engine", "float32"), 1)
+            # the calls: nll makes one pass per step at the photo's size; the coders' are recorded on a
+            # float32 rerun in this process (the same calls whatever the engine), replayed on the run's engine
+            calls = [(1, *photo.image.shape)] * steps if op is None else _calls_of(prior, op)
+            row["network_calls"] = len(calls)
+            row["floor_seconds"] = replay_seconds(view, calls)
+            row["ratio"] = row["seconds"] / row["floor_seconds"]
+            row["engine"] = record.get("engine")
+            rows[name] = row
+            ctx.log(f"  {name}: {row['seconds']:.1f} s, {row['peak_rss_mib']:.0f} MiB, network alone {row['floor_seconds']:.1f} s")
+    return {"photo": photo.name, "shape": list(photo.image.shape), "steps": steps, "operations": rows}
+
+
+def _calls_of(prior, op) -> list:
+    """The network calls (input shapes) ``op`` makes on ``prior``'s own network."""
+    with recorded_calls(prior) as calls:
+        op()
+    return list(calls)
+
+
+def stage(ctx) -> dict:
+    prior = _prior(ctx)
+    if not prior.any_size or prior.image_shape[0] != 3:
+        raise ValueError("bench photos needs an any-size colour prior (the embedded 'photo' prior)")
+    steps = min(ctx.steps, prior.config.num_timesteps)
+    photos = load_photos("test")
+    if ctx.quick:
+        photos = sorted(photos, key=lambda p: p.image.size)[:QUICK_PHOTOS]
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    ctx.log(f"photos: {len(photos)} test photos, prior {prior.digest[:12]}, {steps} steps")
+    body = {"prior_digest": prior.digest, "prior_info": prior.info, "data": "photos:test", "steps": steps}
+    ctx.log("lossless, whole photos")
+    body["lossless"] = lossless_part(ctx, prior, photos, steps)
+    ctx.log("lossy, centre crops")
+    body["lossy"] = lossy_part(ctx, prior, photos, steps)
+    ctx.log("time and memory, one photo")
+    body["timing"] = timing_part(ctx, prior, min(photos, key=lambda p: p.image.size), steps)
+    ctx.write("photos", body)
+    plot(body, ctx.out / "photos.png")
+    return body
+
+
+def plot(body: dict, path) -> None:
+    plt = pyplot()
+    lossy = body["lossy"]
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for key, rates in lossy["bits_per_dim_at_psnr"].items():
+        xs = [float(t) for t, v in rates.items() if v is not None]
+        ys = [v for v in rates.values() if v is not None]
+        ax.plot(ys, xs, "o-", label=key, lw=2.5 if key == "diffcodec" else 1.2)
+    ax.set_xlabel("bits/dim (mean over crops)")
+    ax.set_ylabel("PSNR (dB)")
+    ax.set_title(f"lossy: {lossy['crop']}x{lossy['crop']} centre crops of {len(lossy['photos'])} test photos")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    ll = body["lossless"]["mean_bits_per_dim"]
+    bx.bar(range(len(ll)), list(ll.values()))
+    bx.set_xticks(range(len(ll)), list(ll.keys()), rotation=30, ha="right")
+    bx.set_ylabel("bits/dim (mean over whole test photos)")
+    bx.set_title("lossless")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
