@@ -25,11 +25,13 @@ spacing_option = click.option(
 @steps_option(None, "Respace the chain to K steps (default: the prior's full schedule).")
 @spacing_option
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--size", default=None, help="WxH of the samples, for a fully convolutional prior such as photo (default: the "
+              "size it was trained on).")
 @device_option
 @engine_option("the network runs", "(README, Engines); float32: the reference (another engine may change a few "
                "pixels of the same seed's samples).")
 @one_line_errors
-def sample(prior_path, num, out, steps, spacing, seed, device, engine):
+def sample(prior_path, num, out, steps, spacing, seed, size, device, engine):
     """Draw samples from a prior by ancestral sampling and save them as one PNG grid."""
     from diffcodec.engines import resolve_engine
     from diffcodec.files import check_output_file
@@ -40,9 +42,22 @@ def sample(prior_path, num, out, steps, spacing, seed, device, engine):
     prior, dev = open_prior(prior_path, device)
     engine_used = resolve_engine(engine, dev)
     schedule = prior.schedule(steps, spacing)
-    images = draw_samples(prior, num, schedule, seeded(seed), progress=True, engine=engine_used)
+    images = draw_samples(prior, num, schedule, seeded(seed), progress=True, engine=engine_used, size=_size(size))
     write_image(out, image_grid(images.numpy()))
     click.echo(f"wrote {num} samples ({schedule.num_steps} steps, engine {engine_used.value}) to {out}")
+
+
+def _size(text: str | None) -> tuple[int, int] | None:
+    """'WxH' → (H, W)."""
+    if text is None:
+        return None
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--size must be WxH (e.g. 64x48), got {text!r}") from None
+    if not (1 <= w <= 4096 and 1 <= h <= 4096):
+        raise ValueError(f"--size must be 1..4096 pixels each way, got {text!r}")
+    return h, w
 
 
 @click.command()
@@ -82,7 +97,8 @@ def _native_lines(cfg) -> list[str]:
         f"schedule    {cfg.schedule.value}, T = {cfg.num_timesteps}",
         f"variance    {cfg.variance.value}   clip x0: {cfg.clip_x0}",
         f"network     ch {u.base_channels}, mult {list(u.channel_mult)}, {u.num_res_blocks} res blocks, "
-        f"attention at {list(u.attention_resolutions)}, dropout {u.dropout}",
+        f"attention at {list(u.attention_resolutions)}, dropout {u.dropout}"
+        + (", per-pixel norms: fully convolutional (any image size)" if u.fully_convolutional else ""),
     ]
 
 

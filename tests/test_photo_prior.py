@@ -194,3 +194,16 @@ def test_images_no_prior_codes_are_refused_in_one_line(tmp_path, mode, problem):
         r = CliRunner().invoke(cli, command)
         assert r.exit_code != 0 and "Traceback" not in r.output
         assert problem in r.output and str(path) in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_sample_at_any_size_and_info(tmp_path, photo_prior):
+    path = tmp_path / "p.safetensors"
+    save_prior(photo_prior, path)
+    r = CliRunner().invoke(cli, ["sample", "--prior", str(path), "-n", "2", "-o", str(tmp_path / "s.png"),
+                                 "--steps", "3", "--size", "12x6"])
+    assert r.exit_code == 0, r.output
+    assert Image.open(tmp_path / "s.png").size[1] < Image.open(tmp_path / "s.png").size[0]  # 2 samples of 12x6 in a row
+    r = CliRunner().invoke(cli, ["sample", "-n", "1", "-o", str(tmp_path / "f.png"), "--size", "12x6", "--steps", "2"])
+    assert r.exit_code != 0 and "draws 28x28 images only" in r.output
+    r = CliRunner().invoke(cli, ["info", str(path)])
+    assert "fully convolutional" in r.output
