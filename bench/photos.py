@@ -52,7 +52,7 @@ from .classic import LOSSLESS, LOSSY, TARGETS_DB, as_hwc, lossless_bytes, measur
 from .plotting import pyplot
 from .timing import recorded_calls, replay_seconds
 
-CROP, QUICK_CROP = 128, 64
+CROP, QUICK_CROP = 64, 32
 TOP_DB = 41.0  # encode stops at the first step at or above this PSNR (the comparisons stop at 40 dB)
 LOSSLESS_KEYS = ("png", "webp_lossless", "jxl_lossless_e10")
 LOSSY_KEYS = ("jpeg", "webp", "jxl", "avif")

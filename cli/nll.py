@@ -43,7 +43,7 @@ TABLE_ROWS = 16
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate only the first N images.")
 @click.option("--batch", type=click.IntRange(min=1), default=DEFAULT_BATCH, show_default=True, help="Images per batch.")
 @click.option("--pairs", type=click.IntRange(min=1), default=DEFAULT_PAIRS_PER_CALL, show_default=True,
-              help="(image, step) pairs per network call.")
+              help="(image, step) pairs per network call, counted in images of the prior's size (larger images of an any-size prior: proportionally fewer).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Image groups evaluated in parallel on CPU. Default: torch's thread count.")
 @click.option("--seed", type=int, default=0, show_default=True)

@@ -207,3 +207,11 @@ def test_sample_at_any_size_and_info(tmp_path, photo_prior):
     assert r.exit_code != 0 and "draws 28x28 images only" in r.output
     r = CliRunner().invoke(cli, ["info", str(path)])
     assert "fully convolutional" in r.output
+
+
+def test_the_embedded_photo_prior_loads_by_name():
+    prior = load_prior("photo")
+    assert prior.any_size and prior.image_shape == (3, 32, 32) and prior.stride == 8
+    assert checkpoint.embedded_prior_for_channels(3) == "photo" and checkpoint.embedded_prior_for_channels(1) == "fashion"
+    assert checkpoint.embedded_prior_for_file(lambda d: d == prior.digest) == "photo"
+    assert checkpoint.embedded_prior_for_file(lambda d: False) is None
