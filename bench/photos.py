@@ -183,7 +183,7 @@ def _run_measured(cmd: list[str]) -> dict:
     return {"seconds": time.perf_counter() - t0, "peak_rss_mib": usage.ru_maxrss / 1024, "stdout": out}
 
 
-def timing_part(ctx, prior, photo, steps: int) -> dict:
+def timing_part(ctx, prior, photo, steps: int, only: tuple[str, ...] | None = None) -> dict:
     """nll, compress and encode on one photo, each in its own process, beside its network passes alone."""
     cli = [sys.executable, "-m", "diffcodec_cli.main"]
     prior_arg = ["--prior", ctx.prior_path or "photo"]
@@ -206,6 +206,8 @@ def timing_part(ctx, prior, photo, steps: int) -> dict:
                             lambda: encode(prior, crop, ProgressiveParams(steps=steps, threads=THREADS), Target(psnr=35.0))),
         }
         for name, (cmd, op) in commands.items():
+            if only is not None and name not in only:
+                continue
             row = _run_measured(cmd)
             record = json.loads(row.pop("stdout"))
             view = with_engine(prior, record.get("engine", "float32"), 1)
