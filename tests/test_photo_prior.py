@@ -215,3 +215,16 @@ def test_the_embedded_photo_prior_loads_by_name():
     assert checkpoint.embedded_prior_for_channels(3) == "photo" and checkpoint.embedded_prior_for_channels(1) == "fashion"
     assert checkpoint.embedded_prior_for_file(lambda d: d == prior.digest) == "photo"
     assert checkpoint.embedded_prior_for_file(lambda d: False) is None
+
+
+def test_a_corrupted_progressive_file_fails_in_one_error(photo_prior, one_thread):
+    """Every flipped byte after the magic gives a ValueError (a corrupted header, a desynchronized
+    stream, a failed checksum), never constriction's AssertionError on an invalid pixel stream."""
+    image = photos()[2]
+    data = encode(photo_prior, image, ProgressiveParams(steps=4)).data
+    for pos in range(3, len(data)):
+        for flip in (0xFF, 0x01):
+            bad = bytearray(data)
+            bad[pos] ^= flip
+            with pytest.raises(ValueError):
+                decode(photo_prior, bytes(bad))

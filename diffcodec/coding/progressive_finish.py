@@ -158,8 +158,11 @@ def decode_pixels(data: bytes, code: int, k: int, alpha_bar: float, x0_hat: torc
                   v=None) -> np.ndarray:
     """The pixels [B, C, t, t] uint8 that :func:`encode_pixels` wrote with finish ``code`` from state x_k."""
     words = np.frombuffer(data + b"\0" * (-len(data) % 4), dtype="<u4").astype(np.uint32)
-    dec = constriction.stream.queue.RangeDecoder(words if len(words) else np.zeros(1, np.uint32))
-    scales = tuple(int(i) for i in dec.decode(_SCALE_INDEX, NUM_CLASSES)) if code == CLASSES else ()
-    fin = model(code, k, alpha_bar, x0_hat, decoder, v, scales)
-    probs = decoder_probs(fin.mean.numpy().reshape(-1), fin.logvar.numpy().reshape(-1))
-    return dec.decode(_CATEGORICAL, probs).astype(np.uint8).reshape(shape)
+    try:  # constriction asserts on a stream no encoder could have written (a corrupted file)
+        dec = constriction.stream.queue.RangeDecoder(words if len(words) else np.zeros(1, np.uint32))
+        scales = tuple(int(i) for i in dec.decode(_SCALE_INDEX, NUM_CLASSES)) if code == CLASSES else ()
+        fin = model(code, k, alpha_bar, x0_hat, decoder, v, scales)
+        probs = decoder_probs(fin.mean.numpy().reshape(-1), fin.logvar.numpy().reshape(-1))
+        return dec.decode(_CATEGORICAL, probs).astype(np.uint8).reshape(shape)
+    except (AssertionError, RuntimeError) as err:
+        raise ValueError(f"decoding desynchronized (the exact pixels' stream is invalid: a corrupted file; {err}); nothing written") from None
