@@ -45,7 +45,8 @@ def compress_record(prior, images, stats, params, out: str, blob_bytes: int, wit
     from diffcodec.coding.lossless import lossless_tile, to_tiles
 
     dims = stats.num_images * stats.dims_per_image
-    tile_dims = prior.image_shape[0] * lossless_tile(prior, *images.shape[2:]) ** 2
+    tile = lossless_tile(prior, *images.shape[2:])
+    tile_dims = prior.image_shape[0] * tile**2
     boot = stats.bootstrap_tiles
     chained = stats.num_tiles - boot
     rec = {
@@ -62,7 +63,7 @@ def compress_record(prior, images, stats, params, out: str, blob_bytes: int, wit
         "renamed": [],
     }
     if with_vlb:
-        tiles = to_tiles(images, lossless_tile(prior, *images.shape[2:]))
+        tiles = to_tiles(images, tile)
         vlb = tile_vlb_bits(prior, tiles, prior.schedule(params.steps, params.spacing), params.threads,
                             engine=params.engine)
         _, se = _mean_se(vlb / tile_dims)  # per tile pixel; the file's figures are per image pixel

@@ -67,7 +67,7 @@ def encode_cmd(inputs, out, prior_path, steps, spacing, target_psnr, target_byte
     from diffcodec.schedule import Spacing
 
     prior = open_prior(prior_path, device)[0] if prior_path is not None else None
-    images, names = _load_each(inputs, limit)
+    images, names = _load_each(inputs, limit, None if prior is None else prior.image_shape[0])
     targets = _output_paths(out, names, force)
     if prior is None:  # the input picks the embedded prior
         channels = {im.shape[0] for im in images}
@@ -76,10 +76,6 @@ def encode_cmd(inputs, out, prior_path, steps, spacing, target_psnr, target_byte
         prior, _ = open_prior(None, device, channels=channels.pop(), quiet=as_json)
     params = ProgressiveParams(steps=steps, spacing=Spacing(spacing), chunk_bits=chunk_bits, merge_bits=merge_bits,
                                margin=margin, threads=threads, finish=finish, engine=engine).resolved(prior)
-    kind = {1: "grayscale", 3: "RGB"}
-    for image, name in zip(images, names):
-        if image.shape[0] != prior.image_shape[0]:
-            raise ValueError(f"{name}: {kind[image.shape[0]]} image, but the prior codes {kind[prior.image_shape[0]]} images")
     records = []
     for image, name, path in zip(images, names, targets):
         dims = int(image.size)
@@ -94,13 +90,14 @@ def encode_cmd(inputs, out, prior_path, steps, spacing, target_psnr, target_byte
         emit_json(records[0] if len(records) == 1 else {"files": records})
 
 
-def _load_each(inputs, limit: int | None) -> tuple[list, list[str]]:
-    """Every input image ([C, H, W] uint8) and its name; inputs may differ in size (one file each)."""
+def _load_each(inputs, limit: int | None, channels: int | None) -> tuple[list, list[str]]:
+    """Every input image ([C, H, W] uint8) and its name; inputs may differ in size (one file each).
+    With ``channels``, an input of another channel count is refused naming its file (data.check_fits)."""
     from diffcodec.data import load_images
 
     images, names = [], []
     for spec in inputs:
-        data = load_images(spec)
+        data = load_images(spec, channels)
         images += list(data.images)
         names += list(data.names)
     return images[:limit], names[:limit]

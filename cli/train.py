@@ -169,9 +169,10 @@ def _training_data(data_spec: str, holdout: int, eval_images: int, crop: int | N
 
         images = [p.image for p in load_photos(data_spec.split(":", 1)[1])]
     elif Path(data_spec).is_dir():  # a folder of images of any sizes
-        from diffcodec.images import IMAGE_SUFFIXES, read_image
+        from diffcodec.data import image_files
+        from diffcodec.images import read_image
 
-        images = [read_image(f) for f in sorted(Path(data_spec).iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+        images = [read_image(f) for f in image_files(Path(data_spec))]
         if not images:
             raise ValueError(f"{data_spec}: no image files")
     else:

@@ -41,10 +41,10 @@ def prior_digest(config: PriorConfig, state: dict[str, torch.Tensor]) -> str:
 
 
 def _state(prior: Prior) -> dict[str, torch.Tensor]:
-    return {k: _plain(v.detach().cpu().float()) for k, v in prior.net.state_dict().items()}
+    return {k: row_major(v.detach().cpu().float()) for k, v in prior.net.state_dict().items()}
 
 
-def _plain(t: torch.Tensor) -> torch.Tensor:
+def row_major(t: torch.Tensor) -> torch.Tensor:
     """``t`` with row-major strides (channels-last weights, even 1×1 ones that count as contiguous, are copied)."""
     return t.clone(memory_format=torch.contiguous_format)
 

@@ -152,6 +152,15 @@ def load_images(spec: str, channels: int | None = None, size: tuple[int, int] | 
     return s
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The image files of a folder, sorted (hidden files ignored); ValueError naming any other file."""
+    files = sorted(p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith("."))
+    bad = [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
+    if bad:
+        raise ValueError(f"{bad[0]}: not an image file (folders may hold only {', '.join(sorted(IMAGE_SUFFIXES))})")
+    return files
+
+
 def _load(spec: str) -> ImageSet:
     if spec.startswith("fashion-mnist:"):
         return load_fashion_mnist(spec.split(":", 1)[1])
@@ -163,11 +172,7 @@ def _load(spec: str) -> ImageSet:
     if not path.exists():
         raise ValueError(f"{spec}: no such file or folder (expected a folder of PNGs, an image, .npy/.npz, fashion-mnist:train|test or photos:train|test)")
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-        bad = [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
-        if bad:
-            raise ValueError(f"{bad[0]}: not an image file (folders may hold only {', '.join(sorted(IMAGE_SUFFIXES))})")
-        return load_image_files(files, spec)
+        return load_image_files(image_files(path), spec)
     if path.suffix.lower() in (".npy", ".npz"):
         return load_array(path)
     return load_image_files([path], spec)

@@ -30,7 +30,7 @@ import torch.distributed as dist
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .checkpoint import atomic_write, safetensors_metadata, save_prior
+from .checkpoint import atomic_write, row_major, safetensors_metadata, save_prior
 from .defaults import CODEC_SPACING, CODEC_STEPS, Engine
 from .diffusion import pixels_to_model, q_sample
 from .engines import with_engine
@@ -289,14 +289,14 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        t = {f"model.{k}": v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in self.prior.net.state_dict().items()}
-        t.update({f"ema.{k}": v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in self.ema.net.state_dict().items()})
+        t = {f"model.{k}": row_major(v.detach().cpu()) for k, v in self.prior.net.state_dict().items()}
+        t.update({f"ema.{k}": row_major(v.detach().cpu()) for k, v in self.ema.net.state_dict().items()})
         params = list(self.prior.net.parameters())
         for i, p in enumerate(params):
             st = self.opt.state.get(p)
             if st:
-                t[f"opt.{i}.exp_avg"] = st["exp_avg"].cpu().clone(memory_format=torch.contiguous_format)
-                t[f"opt.{i}.exp_avg_sq"] = st["exp_avg_sq"].cpu().clone(memory_format=torch.contiguous_format)
+                t[f"opt.{i}.exp_avg"] = row_major(st["exp_avg"].cpu())
+                t[f"opt.{i}.exp_avg_sq"] = row_major(st["exp_avg_sq"].cpu())
                 t[f"opt.{i}.step"] = torch.as_tensor(st["step"]).reshape(1).float().cpu()
         t["sampler.history"] = self.sampler.history.clone()
         t["sampler.counts"] = self.sampler.counts.clone()

@@ -165,6 +165,8 @@ def test_prior_is_chosen_from_the_input_and_from_the_file(tmp_path, embedded_pho
     r = runner.invoke(cli, ["compress", str(colour), "-o", str(tmp_path / "f.dcl"), "--prior", "fashion", "--steps", "2"])
     assert r.exit_code != 0 and "colour.png: RGB (3 channels) images, but the prior codes grayscale" in r.output
     assert "Traceback" not in r.output
+    r = runner.invoke(cli, ["encode", str(colour), "-o", str(tmp_path / "f.dcp"), "--prior", "fashion", "--steps", "2"])
+    assert r.exit_code != 0 and "colour.png: RGB (3 channels) images, but the prior codes grayscale" in r.output
     # a grayscale input picks the Fashion-MNIST prior
     gray = tmp_path / "gray.png"
     Image.fromarray(np.zeros((28, 28), np.uint8)).save(gray)
