@@ -20,7 +20,9 @@ Engines: the torch ones of :class:`diffcodec.engines.Engine` (float32 eager, bf1
 channels-last, both, torch.compile with inductor in float32 and under bf16 autocast: the first
 call at each batch is timed, minus a steady call, as its compile time, from an empty inductor
 cache), ONNX Runtime (:class:`diffcodec.engines.OnnxRuntimeNet`: the TorchScript ONNX export, CPU
-provider, one intra-op thread) and OpenVINO (``openvino.convert_model`` of the torch network, one static-shape model per batch, one
+provider, one intra-op thread), mixed (:class:`diffcodec.engines.MixedNet`: bf16 autocast above
+t = T/100, ONNX Runtime at and below it and for calls of fewer than 8 such inputs; the inputs' timesteps
+are drawn from the codecs' schedule, so about one in ten runs in float32) and OpenVINO (``openvino.convert_model`` of the torch network, one static-shape model per batch, one
 inference thread; ``f32`` and ``bf16`` inference precision: OpenVINO's default on CPUs with bf16
 units is bf16). An engine that cannot be built or run here is recorded with a one-line reason.
 
@@ -43,7 +45,7 @@ import torch
 from torch import nn
 
 from diffcodec.diffusion import pixels_to_model, q_sample
-from diffcodec.engines import Engine, EngineNet, OnnxRuntimeNet, with_net
+from diffcodec.engines import Engine, EngineNet, MixedNet, OnnxRuntimeNet, mixed_float32_upto, with_net
 from diffcodec.schedule import Spacing
 from diffcodec.terms import compute_terms
 
@@ -60,6 +62,9 @@ BPD_IMAGES, QUICK_BPD_IMAGES = 32, 8
 PAIRS_PER_CALL = 64
 COMPILE_BUDGET_S = 600  # no further compiled engine is built once compiling has taken this long
 TARGETS = {"speedup_batch64": 1.5, "speedup_batch1": 1.3, "bpd_rel_change": 0.002}
+NLL_ENGINES = (REFERENCE, Engine.ONNXRUNTIME.value, Engine.MIXED.value)  # engines `nll` may run (auto picks one)
+NLL_IMAGES, QUICK_NLL_IMAGES = 32, 4
+NLL_ROUNDS, QUICK_NLL_ROUNDS = 3, 1
 
 
 class Unavailable(Exception):
@@ -100,11 +105,14 @@ def openvino_net(net: nn.Module, x: torch.Tensor, t: torch.Tensor, precision: st
     return ExternalNet(net, call)
 
 
-def build(name: str, net: nn.Module, x: torch.Tensor, t: torch.Tensor) -> nn.Module:
-    """The engine ``name`` around ``net``; Unavailable with a one-line reason if it fails here."""
+def build(name: str, prior, x: torch.Tensor, t: torch.Tensor) -> nn.Module:
+    """The engine ``name`` around ``prior.net``; Unavailable with a one-line reason if it fails here."""
+    net = prior.net
     try:
         if name == Engine.ONNXRUNTIME.value:
             return OnnxRuntimeNet(net, tuple(x.shape[1:]))
+        if name == Engine.MIXED.value:
+            return MixedNet(net, tuple(x.shape[1:]), mixed_float32_upto(prior.config.num_timesteps))
         if name.startswith("openvino"):
             return openvino_net(net, x, t, "bf16" if name.endswith("bf16") else "f32")
         return net if name == REFERENCE else EngineNet(net, Engine(name))
@@ -197,7 +205,7 @@ def setup(name: str, prior, inputs: dict, reference: dict, compile_spent: float)
     x, t = inputs[max(inputs)]
     t0 = time.perf_counter()
     try:
-        run = build(name, prior.net, x, t)
+        run = build(name, prior, x, t)
         build_s = time.perf_counter() - t0
         with torch.inference_mode():
             first = warm_up(run, inputs)
@@ -326,12 +334,46 @@ def cpu_flags() -> list[str]:
     return sorted(f for f in flags if f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "avx512_fp16"))
 
 
+def nll_by_engine(ctx, engines, num: int, rounds: int, network: dict) -> dict:
+    """``evaluate_nll`` itself (exact, the codecs' steps, one worker and one thread, building the engine
+    as the command does) per engine in interleaved rounds, order rotating. Per engine: best seconds,
+    speed-up over float32, bits/dim and its change, and the share of the network's batch-64 speed-up
+    it keeps (nll speed-up / network speed-up)."""
+    from diffcodec.coding.lossless import pinned_threads
+    from diffcodec.engines import onnxruntime_available
+    from diffcodec.likelihood import evaluate_nll
+
+    usable = [e for e in engines if e != Engine.ONNXRUNTIME.value or onnxruntime_available()]
+    images = ctx.images[:num]
+    schedule = ctx.prior.schedule(ctx.chain_steps, Spacing(ctx.spacing))
+    seconds, bpd = {e: [] for e in usable}, {}
+    with pinned_threads(THREADS):
+        for r in range(rounds):
+            for name in usable[r % len(usable):] + usable[: r % len(usable)]:
+                t0 = time.perf_counter()
+                res = evaluate_nll(ctx.prior, images, schedule, workers=1, engine=name)
+                seconds[name].append(time.perf_counter() - t0)
+                bpd[name] = res.total_bpd
+                ctx.log(f"  nll {name}: {seconds[name][-1]:.1f} s, {res.total_bpd:.5f} bits/dim")
+    out = {}
+    for name in usable:
+        speedup = min(seconds[REFERENCE]) / min(seconds[name])
+        net = network.get(name, {}).get("speedup", {}).get("64")
+        out[name] = {"seconds": min(seconds[name]), "seconds_per_round": seconds[name], "speedup": speedup,
+                     "bits_per_dim": bpd[name], "bpd_rel_change": bpd[name] / bpd[REFERENCE] - 1.0,
+                     "network_speedup_batch64": net, "share_of_network_speedup": None if not net else speedup / net}
+    return {"images": num, "steps": ctx.chain_steps, "rounds": rounds, "workers": 1, "engines": out}
+
+
 def stage(ctx) -> dict:
     """``engines.{json,png}``."""
     rounds, seconds = (QUICK_ROUNDS, QUICK_SECONDS) if ctx.quick else (ROUNDS, SECONDS)
     bpd_images = min(ctx.num, QUICK_BPD_IMAGES if ctx.quick else BPD_IMAGES)
     load_before, t0 = os.getloadavg(), time.perf_counter()
     result = measure(ctx, ENGINES, BATCHES, rounds, seconds, bpd_images)
+    ctx.log("  nll end to end per engine")
+    result["nll"] = nll_by_engine(ctx, NLL_ENGINES, min(ctx.num, QUICK_NLL_IMAGES if ctx.quick else NLL_IMAGES),
+                                  QUICK_NLL_ROUNDS if ctx.quick else NLL_ROUNDS, result["engines"])
     body = ctx.write("engines", {
         "label": "the prior's forward pass through each engine (issue #12)", "prior_digest": ctx.prior.digest,
         "data": ctx.data, "bpd_images": bpd_images, "steps": ctx.chain_steps, "spacing": ctx.spacing,

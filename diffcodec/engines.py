@@ -15,7 +15,10 @@ in the file, and the decoder runs the same one.
 - COMPILE / COMPILE_BF16: ``torch.compile`` (inductor), one graph per input shape
   (``dynamic=False``); the first call at a new batch size compiles (seconds to minutes).
 - ONNXRUNTIME: the network exported to ONNX in memory and run by ONNX Runtime's CPU provider in
-  float32 (``pip install 'diffcodec[fast]'``); AUTO's choice on CPU where it is installed.
+  float32 (``pip install 'diffcodec[fast]'``).
+- MIXED: bf16 autocast for the inputs whose timestep is above T/100, float32 (ONNX Runtime where
+  installed, else eager) for the rest and for calls too small for bf16 to pay (:class:`MixedNet`);
+  AUTO's choice on CPU. bf16's round-off costs bits only near t = 0 (defaults.MIXED_FLOAT32_FRACTION).
 
     prior = load_prior()
     fast = with_engine(prior, Engine.BF16)     # a view: same weights, config and digest
@@ -25,6 +28,7 @@ in the file, and the decoder runs the same one.
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.util
 import io
 import warnings
@@ -33,7 +37,7 @@ import weakref
 import torch
 from torch import nn
 
-from .defaults import AUTO_CODING_ENGINE, AUTO_ENGINE, CODING_ENGINES, Engine
+from .defaults import AUTO_CODING_ENGINE, AUTO_ENGINE, CODING_ENGINES, MIXED_FLOAT32_FRACTION, MIXED_MIN_BF16_BATCH, Engine
 from .prior import Prior
 
 
@@ -49,7 +53,7 @@ class EngineNet(nn.Module):
     def __init__(self, net: nn.Module, engine: Engine):
         super().__init__()
         self.engine = Engine(engine)
-        if self.engine in (Engine.AUTO, Engine.ONNXRUNTIME):
+        if self.engine in (Engine.AUTO, Engine.ONNXRUNTIME, Engine.MIXED):
             raise ValueError(f"EngineNet runs torch engines, not {self.engine.value} (engines.with_engine)")
         self.inner = copy.deepcopy(net).to(memory_format=torch.channels_last) if self.engine.channels_last else net
         run = self._eager
@@ -99,6 +103,43 @@ class OnnxRuntimeNet(nn.Module):
         return torch.from_numpy(self._session.run(None, feeds)[0])
 
 
+class MixedNet(nn.Module):
+    """bf16 autocast where it is cheap in bits, float32 where it is not: one call of ``net`` split by timestep.
+
+    Inputs whose timestep t exceeds ``float32_upto`` run under bf16 autocast (:class:`EngineNet`) when
+    there are at least ``min_bf16_batch`` of them; the others (and a call with fewer) run in float32,
+    through ONNX Runtime when it is installed and the network is on the CPU, else eagerly. Outputs are
+    float32 in the input order. ``inner`` is ``net`` (parameters and device are the original's).
+    """
+
+    def __init__(self, net: nn.Module, image_shape: tuple[int, ...], float32_upto: float, threads: int = 1,
+                 any_size: bool = False, min_bf16_batch: int = MIXED_MIN_BF16_BATCH):
+        super().__init__()
+        self.inner = net
+        self.fast = EngineNet(net, Engine.BF16)
+        on_cpu = next(net.parameters(), torch.empty(0)).device.type == "cpu"
+        self.exact = OnnxRuntimeNet(net, image_shape, threads, any_size) if on_cpu and onnxruntime_available() else net
+        self.float32_upto, self.min_bf16_batch = float(float32_upto), int(min_bf16_batch)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        fast = t > self.float32_upto
+        n = int(fast.sum())
+        if n < self.min_bf16_batch:
+            return self.exact(x, t).float()
+        if n == len(t):
+            return self.fast(x, t)
+        hi = self.fast(x[fast], t[fast])
+        out = hi.new_empty((len(t), *hi.shape[1:]))
+        out[fast] = hi
+        out[~fast] = self.exact(x[~fast], t[~fast]).float().to(hi.device)
+        return out
+
+
+def mixed_float32_upto(num_timesteps: int) -> int:
+    """The last timestep (1..T) that the mixed engine runs in float32 for a prior of T steps."""
+    return max(1, int(num_timesteps * MIXED_FLOAT32_FRACTION))
+
+
 def onnxruntime_available() -> bool:
     return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))
 
@@ -106,10 +147,24 @@ def onnxruntime_available() -> bool:
 _NO_ONNXRUNTIME = "engine onnxruntime needs the onnxruntime and onnx packages: pip install 'diffcodec[fast]'"
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (the avx512_bf16 or amx_bf16 flag of /proc/cpuinfo; False
+    where that file does not exist): without it bf16 autocast is emulated and not measured to pay."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(f.read().split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
 def _auto(table: dict, device) -> Engine:
-    """``table``'s engine for the device's type (FLOAT32 for a type not in it, and in place of
-    ONNXRUNTIME when it is not installed)."""
+    """``table``'s engine for the device's type (FLOAT32 for a type not in it; ONNXRUNTIME in place of
+    MIXED on a CPU without native bf16; FLOAT32 in place of ONNXRUNTIME when it is not installed)."""
     engine = table.get(torch.device(device).type, Engine.FLOAT32)
+    if engine is Engine.MIXED and torch.device(device).type == "cpu" and not cpu_has_bf16():
+        engine = Engine.ONNXRUNTIME
     return Engine.FLOAT32 if engine is Engine.ONNXRUNTIME and not onnxruntime_available() else engine
 
 
@@ -187,6 +242,9 @@ def with_engine(prior: Prior, engine: Engine | str, threads: int = 1) -> Prior:
         if device.type != "cpu":
             raise ValueError(f"engine onnxruntime runs on the CPU; the prior is on {device} (use --device cpu)")
         return with_net(prior, OnnxRuntimeNet(prior.net, prior.image_shape, threads, prior.any_size))
+    if engine is Engine.MIXED:
+        return with_net(prior, MixedNet(prior.net, prior.image_shape, mixed_float32_upto(prior.config.num_timesteps),
+                                        threads, prior.any_size))
     return with_net(prior, EngineNet(prior.net, engine))
 
 

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from diffcodec.checkpoint import save_prior
@@ -22,10 +23,16 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_resolve_engine(monkeypatch):
-    assert resolve_engine("auto", "cpu") is AUTO_ENGINE["cpu"] is Engine.ONNXRUNTIME  # installed by the test extra
+    assert AUTO_ENGINE["cpu"] is Engine.MIXED
+    monkeypatch.setattr(engines, "cpu_has_bf16", lambda: True)
+    assert resolve_engine("auto", "cpu") is Engine.MIXED
     assert resolve_engine("auto", "cuda") is Engine.FLOAT32
+    monkeypatch.setattr(engines, "cpu_has_bf16", lambda: False)  # bf16 emulated: not measured to pay
+    assert resolve_engine("auto", "cpu") is Engine.ONNXRUNTIME  # installed by the test extra
     monkeypatch.setattr(engines, "onnxruntime_available", lambda: False)
     assert resolve_engine("auto", "cpu") is Engine.FLOAT32
+    monkeypatch.setattr(engines, "cpu_has_bf16", lambda: True)
+    assert resolve_engine("auto", "cpu") is Engine.MIXED  # its float32 part then runs eagerly
     assert resolve_engine(Engine.AUTO, "meta") is Engine.FLOAT32  # a device type never measured
     assert resolve_engine("bf16", "cpu") is Engine.BF16
     with pytest.raises(ValueError, match="unknown engine 'int4'"):
@@ -49,6 +56,48 @@ def test_nll_engine_moves_the_bound_by_round_off_only(tiny_prior):
     np.testing.assert_allclose(ort.image_bpd, ref.image_bpd, rtol=1e-6)
 
 
+@pytest.mark.parametrize("ort", [True, False])
+def test_mixed_engine_splits_a_call_by_timestep(tiny_prior, monkeypatch, ort):
+    """Inputs above t = T/100 run under bf16 autocast, the rest (and calls with fewer than 8 such
+    inputs) in float32, each output in its input's place."""
+    if not ort:
+        monkeypatch.setattr(engines, "onnxruntime_available", lambda: False)
+    net = tiny_prior.net
+    mixed = engines.MixedNet(net, tiny_prior.image_shape, float32_upto=3)
+    assert isinstance(mixed.exact, engines.OnnxRuntimeNet) == ort and (mixed.exact is net) == (not ort)
+    bf16 = engines.EngineNet(net, Engine.BF16)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(12, 1, 8, 8, generator=gen)
+    t = torch.tensor([1, 9, 2, 15, 3, 4, 12, 20, 5, 6, 7, 8], dtype=torch.float32)  # 3 at t <= 3, 9 above
+    with torch.no_grad():
+        out = mixed(x, t)
+        low, high = t <= 3, t > 3
+        torch.testing.assert_close(out[high], bf16(x[high], t[high]), rtol=0, atol=0)
+        torch.testing.assert_close(out[low], net(x[low], t[low]), rtol=1e-5, atol=1e-5)
+        assert not torch.equal(bf16(x[low], t[low]), net(x[low], t[low]))  # the split is visible
+        few = mixed(x[:6], t[:6])  # 3 inputs above the cut: too few for bf16, all float32
+        torch.testing.assert_close(few, net(x[:6], t[:6]), rtol=1e-5, atol=1e-5)
+    assert engines.mixed_float32_upto(1000) == 10 and engines.mixed_float32_upto(20) == 1
+
+
+def test_nll_mixed_engine(tiny_prior):
+    images = random_images(4).numpy()
+    schedule = tiny_prior.schedule(10, "front")
+    ref = evaluate_nll(tiny_prior, images, schedule, workers=1)
+    mixed = evaluate_nll(tiny_prior, images, schedule, workers=1, engine="mixed")
+    assert mixed.engine is Engine.MIXED and mixed.to_dict()["engine"] == "mixed"
+    assert mixed.total_bpd == pytest.approx(ref.total_bpd, rel=2e-3)
+    # the decoder term (t = 1, float32 under mixed) agrees to float32 round-off; bf16 moves it
+    np.testing.assert_allclose(mixed.term_bpd[0], ref.term_bpd[0], rtol=1e-5)
+
+
+def test_mixed_engine_cannot_code():
+    from diffcodec.engines import coding_engine
+
+    with pytest.raises(ValueError, match="engine mixed cannot code"):
+        coding_engine("mixed", "cpu")
+
+
 def test_cli_engine(tmp_path):
     prior, data = tmp_path / "p.safetensors", tmp_path / "x.npy"
     save_prior(make_tiny_prior(), prior)
@@ -60,8 +109,9 @@ def test_cli_engine(tmp_path):
 
     recs = {e: json.loads(run("--json", "--engine", e).stdout) for e in ("float32", "bf16", "auto")}
     assert recs["bf16"]["engine"] == "bf16" and recs["float32"]["engine_requested"] == "float32"
-    assert recs["auto"]["engine"] == "onnxruntime" and recs["auto"]["engine_requested"] == "auto"
-    assert recs["auto"]["total_bpd"] == pytest.approx(recs["float32"]["total_bpd"], rel=1e-6)
+    assert recs["auto"]["engine"] == resolve_engine("auto", "cpu").value  # mixed where the CPU has bf16 units
+    assert recs["auto"]["engine_requested"] == "auto"
+    assert recs["auto"]["total_bpd"] == pytest.approx(recs["float32"]["total_bpd"], rel=2e-3)
     assert recs["bf16"]["total_bpd"] == pytest.approx(recs["float32"]["total_bpd"], rel=2e-3)
     human = run("--engine", "bf16")
     assert human.exit_code == 0 and "engine    bf16" in human.stdout
