@@ -121,7 +121,8 @@ def print_compress(rec: dict) -> None:
 @click.option("--threads", type=click.IntRange(min=0, max=255), default=1, show_default=True,
               help="torch threads for the network; recorded, the decoder uses the same (0 = current).")
 @click.option("--max-batch", type=click.IntRange(min=1, max=65535), default=DEFAULT_MAX_BATCH, show_default=True)
-@coding_engine_option(auto_names(AUTO_CODING_ENGINE) + " (README, Engines; float32 without onnxruntime).")
+@coding_engine_option(auto_names(AUTO_CODING_ENGINE) + " (README, Engines; onnxruntime on a CPU without bf16 "
+                      "units, float32 without onnxruntime).")
 @click.option("--no-vlb", is_flag=True, help="Skip the VLB comparison (saves one pass of network evaluations).")
 @device_option
 @json_option

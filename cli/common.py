@@ -52,8 +52,9 @@ def coding_engine_option(auto_help: str):
     """--engine for a command that writes a coded file: the engine is recorded, the decoder runs the same."""
     return click.option(
         "--engine", type=click.Choice(_engine_names()), default="auto", show_default=True,
-        help="How the network runs; recorded, the decoder runs the same. Coding engines: float32 (the reference) "
-        f"and onnxruntime (pip install 'diffcodec[fast]'); the others are refused. auto: {auto_help}",
+        help="How the network runs; recorded, the decoder runs the same. Coding engines: float32 (the reference), "
+        "onnxruntime and mixed (both need pip install 'diffcodec[fast]'); the others are refused. "
+        f"auto: {auto_help}",
     )
 
 

@@ -78,13 +78,14 @@ AUTO_ENGINE = {"cpu": Engine.MIXED, "cuda": Engine.FLOAT32}
 
 # Engines the coders may run, their index the code a compressed file records (append only: a code never
 # changes meaning). Only engines whose outputs are bit-identical across fresh processes at a fixed thread
-# count qualify (diffcodec.engines.coding_engine says why the others do not).
-CODING_ENGINES = (Engine.FLOAT32, Engine.ONNXRUNTIME)
+# count qualify (diffcodec.engines.coding_engine says why the others do not). MIXED codes only with ONNX
+# Runtime installed (its float32 part must be the same network on both sides).
+CODING_ENGINES = (Engine.FLOAT32, Engine.ONNXRUNTIME, Engine.MIXED)
 
 # The engine that the coders' --engine auto picks per device type (compress; decompress follows the file),
 # among CODING_ENGINES: compress through ONNX Runtime ran 1.32x / 1.28x as fast per image as float32
 # on 32 / 128 Fashion-MNIST images, one thread (bench/results/coding_engines*.json). CUDA: not measured.
-AUTO_CODING_ENGINE = {"cpu": Engine.ONNXRUNTIME, "cuda": Engine.FLOAT32}
+AUTO_CODING_ENGINE = {"cpu": Engine.MIXED, "cuda": Engine.FLOAT32}
 
 # The progressive coder's --engine auto: float32 everywhere. Encoding is search-bound, so ONNX Runtime
 # speeds it by only 1.42x (decoding by 1.84x), and a float32 file decodes with the base install,

@@ -181,29 +181,37 @@ def resolve_engine(engine: Engine | str, device: torch.device | str = "cpu") -> 
 
 def coding_engine(engine: Engine | str, device: torch.device | str = "cpu", auto: dict | None = None) -> Engine:
     """The engine a coder runs for ``engine`` on ``device``: AUTO → ``auto`` (default
-    :data:`AUTO_CODING_ENGINE`, the lossless coder's) for the device type (FLOAT32 where not measured, and in place of ONNXRUNTIME when it is not installed).
-    ValueError (one line) for an unknown name, an engine outside CODING_ENGINES, ONNXRUNTIME
-    when it is not installed (naming the packages) or on another device than the CPU.
+    :data:`AUTO_CODING_ENGINE`, the lossless coder's) for the device type (FLOAT32 where not measured;
+    ONNXRUNTIME in place of MIXED on a CPU without native bf16; FLOAT32 in place of either when ONNX
+    Runtime is not installed). ValueError (one line) for an unknown name, an engine outside
+    CODING_ENGINES, ONNXRUNTIME or MIXED when ONNX Runtime is not installed (naming the packages)
+    or on another device than the CPU.
 
     CODING_ENGINES (defaults) are the engines whose outputs are bit-identical across fresh processes at
     a fixed thread count, so that a decoder on this machine recomputes the encoder's network exactly:
     float32 eager (torch's CPU kernels at a pinned thread count) and ONNX Runtime's CPU provider
     (measured on the embedded prior: identical outputs at batch 1, 7 and 64 across fresh processes, and
-    between 1 and 2 intra-op threads). The bf16 engines move the bound by +1.1 % (bits a coder would
-    pay) and the compiled and channels-last ones were not shown deterministic across processes
-    (inductor's generated code, NHWC kernels): refused.
+    between 1 and 2 intra-op threads), and MIXED, which runs those inputs through ONNX Runtime and the
+    others under bf16 autocast (torch's oneDNN kernels: identical outputs at batch 1, 7, 8 and 64, t = 5
+    and 500, across fresh processes and between 1 and 2 threads). MIXED moves the bound by +0.04 %;
+    the other bf16 engines move it by +1.1 % (bits a coder would pay) and the compiled and
+    channels-last ones were not shown deterministic across processes (inductor's generated code,
+    NHWC kernels): refused. bf16 kernels differ between CPUs with and without bf16 units, so a MIXED
+    file is for machines like the encoder's (elsewhere the pixels' checksum says it desynchronized).
     """
     if engine == Engine.AUTO:  # a str enum: the name or the member
-        return _auto(AUTO_CODING_ENGINE if auto is None else auto, device)
+        chosen = _auto(AUTO_CODING_ENGINE if auto is None else auto, device)
+        return Engine.FLOAT32 if chosen is Engine.MIXED and not onnxruntime_available() else chosen
     engine = resolve_engine(engine, device)
     if engine not in CODING_ENGINES:
         raise ValueError(f"engine {engine.value} cannot code: its outputs are not shown bit-identical between encoder "
                          f"and decoder (coding engines: {', '.join(e.value for e in CODING_ENGINES)})")
-    if engine is Engine.ONNXRUNTIME:
+    if engine in (Engine.ONNXRUNTIME, Engine.MIXED):
         if not onnxruntime_available():
-            raise ValueError(_NO_ONNXRUNTIME)
+            raise ValueError(_NO_ONNXRUNTIME if engine is Engine.ONNXRUNTIME else "engine mixed codes its float32 part "
+                             "through ONNX Runtime, which needs the onnxruntime and onnx packages: pip install 'diffcodec[fast]'")
         if torch.device(device).type != "cpu":
-            raise ValueError(f"engine onnxruntime runs on the CPU, not {device} (use --device cpu)")
+            raise ValueError(f"engine {engine.value} runs on the CPU for coding, not {device} (use --device cpu)")
     return engine
 
 

@@ -119,13 +119,14 @@ def with_crc(body: bytes) -> bytes:
 
 def test_corrupted_engine_field_gives_one_line_errors(files, tmp_path):
     blob = bytearray(files[Engine.FLOAT32])
-    blob[engine_byte(bytes(blob))] = 2  # a code no engine has
+    bad = len(CODING_ENGINES)  # a code no engine has
+    blob[engine_byte(bytes(blob))] = bad
     with pytest.raises(ValueError, match="checksum mismatch"):
         container.unpack(bytes(blob))
-    with pytest.raises(ValueError, match=r"header field engine = 2 is outside 0\.\.1"):
+    with pytest.raises(ValueError, match=rf"header field engine = {bad} is outside 0\.\.{bad - 1}"):
         container.unpack(with_crc(bytes(blob)))
     (tmp_path / "x.dcl").write_bytes(with_crc(bytes(blob)))
-    one_line_error(run("decompress", tmp_path / "x.dcl", "-o", tmp_path / "out"), "engine = 2")  # before any prior
+    one_line_error(run("decompress", tmp_path / "x.dcl", "-o", tmp_path / "out"), f"engine = {bad}")  # before any prior
 
 
 def test_version_3_files_decode_as_float32(prior, images, files):
@@ -145,14 +146,21 @@ def test_only_deterministic_engines_code(prior, monkeypatch):
     for name in ("bf16", "compile", "channels-last", "bf16-channels-last", "compile-bf16"):
         with pytest.raises(ValueError, match=f"engine {name} cannot code"):
             CodecParams(steps=4, engine=name).resolved(prior)
-    assert coding_engine("auto", "cpu") is Engine.ONNXRUNTIME  # installed by the test extra
+    monkeypatch.setattr(engines, "cpu_has_bf16", lambda: True)
+    assert coding_engine("auto", "cpu") is Engine.MIXED  # onnxruntime installed by the test extra
     assert coding_engine("auto", "cuda") is Engine.FLOAT32
-    with pytest.raises(ValueError, match="runs on the CPU"):
-        coding_engine("onnxruntime", "cuda")
+    for name in ("onnxruntime", "mixed"):
+        with pytest.raises(ValueError, match="runs on the CPU"):
+            coding_engine(name, "cuda")
+    monkeypatch.setattr(engines, "cpu_has_bf16", lambda: False)
+    assert coding_engine("auto", "cpu") is Engine.ONNXRUNTIME
     monkeypatch.setattr(engines, "onnxruntime_available", lambda: False)
     assert coding_engine("auto", "cpu") is Engine.FLOAT32
-    with pytest.raises(ValueError, match=r"pip install 'diffcodec\[fast\]'"):
-        coding_engine("onnxruntime")
+    monkeypatch.setattr(engines, "cpu_has_bf16", lambda: True)
+    assert coding_engine("auto", "cpu") is Engine.FLOAT32  # mixed codes its float32 part through ONNX Runtime
+    for name in ("onnxruntime", "mixed"):
+        with pytest.raises(ValueError, match=r"pip install 'diffcodec\[fast\]'"):
+            coding_engine(name)
 
 
 def test_file_whose_engine_is_not_installed_names_the_packages(prior, files, monkeypatch):
@@ -174,11 +182,12 @@ def test_cli_engine(saved, images):
         assert "--engine" in run(cmd, "--help").output
     res = run("compress", tmp / "x.npy", "-o", tmp / "a.dcl", "--prior", p, "--steps", 3, "--no-vlb", "--json")
     assert res.exit_code == 0, res.output
-    assert json.loads(res.stdout)["engine"] == "onnxruntime"  # auto on the CPU, onnxruntime installed
+    auto = coding_engine("auto", "cpu").value  # mixed on a CPU with bf16 units, else onnxruntime (installed)
+    assert json.loads(res.stdout)["engine"] == auto
     one_line_error(run("decompress", tmp / "a.dcl", "-o", tmp / "o", "--prior", p, "--engine", "float32"),
-                   "engine onnxruntime", "engine float32")
+                   f"engine {auto}", "engine float32")
     res = run("decompress", tmp / "a.dcl", "-o", tmp / "o", "--prior", p, "--npy", "--json")
-    assert res.exit_code == 0 and json.loads(res.stdout)["engine"] == "onnxruntime"
+    assert res.exit_code == 0 and json.loads(res.stdout)["engine"] == auto
     assert np.array_equal(np.load(tmp / "o" / "images.npy"), images)
     one_line_error(run("compress", tmp / "x.npy", "-o", tmp / "b.dcl", "--prior", p, "--steps", 3, "--engine", "bf16"),
                    "engine bf16 cannot code")
@@ -198,3 +207,37 @@ def test_onnxruntime_file_decodes_in_a_fresh_process(saved, images):
                           "--npy"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert np.array_equal(np.load(tmp / "fo" / "images.npy"), images)
+
+
+@pytest.fixture(scope="module")
+def mixed_file(prior, tmp_path_factory):
+    """24 images in batches of up to 16 tiles: the bf16 part of the mixed engine runs (8 or more inputs
+    above t = T/100 in a call)."""
+    pytest.importorskip("onnxruntime")
+    images = random_images(24, seed=5).numpy()
+    params = CodecParams(steps=4, max_batch=16, engine="mixed")
+    return images, compress(prior, images, [f"m{i}.png" for i in range(24)], params)[0]
+
+
+def test_mixed_round_trip_runs_bf16_and_is_exact(prior, mixed_file):
+    images, blob = mixed_file
+    header, _ = container.unpack(blob)
+    assert container.ENGINES[header.engine] is Engine.MIXED
+    ort = compress(prior, images, [f"m{i}.png" for i in range(24)], CodecParams(steps=4, max_batch=16, engine="onnxruntime"))[0]
+    assert not np.array_equal(container.unpack(ort)[1], container.unpack(blob)[1])  # bf16 moved the chain: it ran
+    out, _, stats = decompress(prior, blob)
+    assert np.array_equal(out, images) and stats.engine is Engine.MIXED
+    with pytest.raises(ValueError, match="made with engine mixed; decoding it with engine onnxruntime"):
+        decompress(prior, blob, engine="onnxruntime")
+
+
+def test_mixed_file_decodes_in_a_fresh_process_on_two_threads(prior_file, mixed_file, tmp_path):
+    """bf16 autocast's outputs are recomputed bit for bit by another process at another thread count
+    than the test process's (the file records 1 thread; the decoder pins it)."""
+    images, blob = mixed_file
+    (tmp_path / "m.dcl").write_bytes(blob)
+    code = "import torch; torch.set_num_threads(2); from diffcodec_cli.main import main; main()"
+    out = subprocess.run([sys.executable, "-c", code, "decompress", str(tmp_path / "m.dcl"), "-o", str(tmp_path / "mo"),
+                          "--prior", prior_file, "--npy"], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    assert np.array_equal(np.load(tmp_path / "mo" / "images.npy"), images)

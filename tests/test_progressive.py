@@ -356,9 +356,9 @@ def test_search_threads_do_not_change_the_file(prior):
     assert encode(prior, image, dataclasses.replace(FAST, search_threads=2)).data == one
 
 
-@pytest.mark.parametrize("engine", ["float32", "onnxruntime"])
+@pytest.mark.parametrize("engine", ["float32", "onnxruntime", "mixed"])
 def test_the_file_records_its_engine_and_the_decoder_runs_it(prior, engine):
-    if engine == "onnxruntime":
+    if engine != "float32":
         pytest.importorskip("onnxruntime")
     image = _image(11)
     res = encode(prior, image, dataclasses.replace(FAST, engine=engine))

@@ -6,7 +6,8 @@ A 28×28 file is a few hundred bytes, so every count is an unsigned LEB128 varin
     varint flags: bit 0 = the default coder parameters (below), bit 1 = three channels (else one),
              bits 2-6 = finish (0: a lossy file; else how x_0 follows the last step, coding.progressive_finish),
              bit 7 = network and candidates ran on CUDA (decodable only there; else CPU),
-             bit 8 = the network ran through ONNX Runtime (defaults.CODING_ENGINES[1]; else float32 torch)
+             bits 8-9 = the network's engine, an index into defaults.CODING_ENGINES (0 float32 torch,
+             1 ONNX Runtime, 2 mixed)
     varints, only when bit 0 is clear: steps K, spacing (0 even, 1 front), chunk size κ and merge
              size in quarter bits, torch threads, tiles per network call
     varints: height H, width W, stop (reverse steps sent in the file, < K), total file bytes
@@ -156,7 +157,7 @@ def unpack(blob: bytes) -> tuple[Header, bytes, bool]:
         raise ValueError(f"progressive file is truncated inside its header ({len(blob)} bytes)") from None
     if crc != binascii.crc_hqx(blob[:pos], 0xFFFF):
         raise ValueError("progressive file is corrupted (header checksum mismatch)")
-    if flags >> 9:
+    if flags >> 10:
         raise ValueError("progressive file is corrupted (unknown header flags)")
     header = Header(prior_digest=blob[m + 1 : m + 1 + DIGEST_BYTES].hex(), **values)
     _check_fields(header)
