@@ -49,7 +49,7 @@ TABLE_ROWS = 16
 @click.option("--seed", type=int, default=0, show_default=True)
 @device_option
 @engine_option("the network runs", "(README, Engines: the fastest measured engine whose bits/dim change stays "
-               "under 0.2 %); float32: the reference, exactly what compress and encode compute.")
+               "under 0.2 %; onnxruntime on a CPU without bf16 units); float32: the reference, exactly what compress and encode compute.")
 @json_option
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write terms per step and the rate–distortion curve (PNG).")
 @one_line_errors

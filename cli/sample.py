@@ -28,7 +28,7 @@ spacing_option = click.option(
 @click.option("--size", default=None, help="WxH of the samples, for a fully convolutional prior such as photo (default: the "
               "size it was trained on).")
 @device_option
-@engine_option("the network runs", "(README, Engines); float32: the reference (another engine may change a few "
+@engine_option("the network runs", "(README, Engines; onnxruntime on a CPU without bf16 units); float32: the reference (another engine may change a few "
                "pixels of the same seed's samples).")
 @one_line_errors
 def sample(prior_path, num, out, steps, spacing, seed, size, device, engine):

@@ -78,8 +78,8 @@ def _configs(config_file, o) -> tuple[dict, dict, dict]:
 @click.option("--precision", type=click.Choice(["float32", "bf16"]), default="float32", show_default=True,
               help="bf16: the network's forward and backward passes under bf16 autocast (README, Engines).")
 @click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice; 1 per process under torchrun).")
-@engine_option("the held-out evaluation runs the network", "(float32 without onnxruntime; README, Engines). "
-               "Training itself runs float32.")
+@engine_option("the held-out evaluation runs the network", "(onnxruntime on a CPU without bf16 units, float32 without "
+               "onnxruntime; README, Engines). Training itself runs as --precision says.")
 @device_option
 @one_line_errors
 def train(data_spec, crop, out, checkpoint, resume, config_file, steps, time_limit, holdout, eval_images, eval_every, ckpt_every,

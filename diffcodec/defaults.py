@@ -66,14 +66,15 @@ class Engine(str, enum.Enum):
 # round-off costs bits (embedded prior, 64 test images, all 1000 terms, same noise: bf16 everywhere moves
 # the bound by +1.15 %, 60 % of it in the term at t = 1; bf16 only above t = 10 moves it by +0.041 %,
 # above t = 5 by +0.094 %), and for calls of fewer than MIXED_MIN_BF16_BATCH inputs (bf16 autocast gains
-# nothing at batch 1: 0.98x, ONNX Runtime 1.96x; bench/results/engines.json).
+# nothing at batch 1: 0.79x, ONNX Runtime 1.74x; bench/results/engines.json).
 MIXED_FLOAT32_FRACTION = 0.01
 MIXED_MIN_BF16_BATCH = 8
 
 # The engine that --engine auto picks per device type: the fastest whose bits/dim change is under 0.2 %
-# (bench/results/engines.json: ONNX Runtime, 1.96x / 1.17x / 1.31x at batch 1 / 8 / 64 on CPU, bound
-# unchanged to 1e-11; every bf16 engine moves it by +1.1 %). CUDA is not measured: float32. When
-# ONNX Runtime is not installed, auto is float32 (engines.resolve_engine).
+# (bench/results/engines.json: mixed, 1.72x / 1.30x / 2.22x at batch 1 / 8 / 64 on CPU, bound +0.038 %;
+# ONNX Runtime 1.74x / 1.35x / 1.47x, bound unchanged; bf16 everywhere +1.15 %). On a CPU without bf16
+# units (not measured) ONNX Runtime; without ONNX Runtime, mixed's float32 part runs eagerly, and
+# without both, float32 (engines.resolve_engine). CUDA is not measured: float32.
 AUTO_ENGINE = {"cpu": Engine.MIXED, "cuda": Engine.FLOAT32}
 
 # Engines the coders may run, their index the code a compressed file records (append only: a code never
@@ -83,8 +84,10 @@ AUTO_ENGINE = {"cpu": Engine.MIXED, "cuda": Engine.FLOAT32}
 CODING_ENGINES = (Engine.FLOAT32, Engine.ONNXRUNTIME, Engine.MIXED)
 
 # The engine that the coders' --engine auto picks per device type (compress; decompress follows the file),
-# among CODING_ENGINES: compress through ONNX Runtime ran 1.32x / 1.28x as fast per image as float32
-# on 32 / 128 Fashion-MNIST images, one thread (bench/results/coding_engines*.json). CUDA: not measured.
+# among CODING_ENGINES: compress ran 1.34x (ONNX Runtime) and 1.55x (mixed) as fast per image as float32
+# on 128 Fashion-MNIST images, one thread, mostly batches of 64 (on 32 images, batches below 8: 1.36x and
+# 1.42x; bench/results/coding_engines*.json). Mixed needs ONNX Runtime to code: float32 without it. CUDA:
+# not measured.
 AUTO_CODING_ENGINE = {"cpu": Engine.MIXED, "cuda": Engine.FLOAT32}
 
 # The progressive coder's --engine auto: float32 everywhere. Encoding is search-bound, so ONNX Runtime

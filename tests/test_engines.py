@@ -91,13 +91,6 @@ def test_nll_mixed_engine(tiny_prior):
     np.testing.assert_allclose(mixed.term_bpd[0], ref.term_bpd[0], rtol=1e-5)
 
 
-def test_mixed_engine_cannot_code():
-    from diffcodec.engines import coding_engine
-
-    with pytest.raises(ValueError, match="engine mixed cannot code"):
-        coding_engine("mixed", "cpu")
-
-
 def test_cli_engine(tmp_path):
     prior, data = tmp_path / "p.safetensors", tmp_path / "x.npy"
     save_prior(make_tiny_prior(), prior)
