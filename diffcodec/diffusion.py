@@ -104,8 +104,15 @@ def q_sample(x0: torch.Tensor, alpha_bar: torch.Tensor, noise: torch.Tensor) -> 
 
 
 def predict_x0(x_t: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
-    """x̂_0 = (x_t − √(1 − ᾱ) ε)/√ᾱ."""
-    return (x_t - torch.sqrt(1.0 - alpha_bar) * eps) / torch.sqrt(alpha_bar)
+    """x̂_0 = (x_t − √(1 − ᾱ) ε)/√ᾱ.
+
+    At ᾱ = 0 (a schedule whose last β is 1) the quotient is ±∞ (clipping makes it ±1) and, where
+    x_t = ε exactly, 0/0: that case is 0 (the clipped limit's midpoint) instead of NaN, so a network
+    whose output lands on the latent's value (bf16 rounding onto a grid point does) does not poison
+    the step. Non-finite inputs stay non-finite."""
+    num = x_t - torch.sqrt(1.0 - alpha_bar) * eps
+    den = torch.sqrt(alpha_bar)
+    return torch.where((num == 0) & (den == 0), torch.zeros_like(num), num / den)
 
 
 def eps_from_v(x_t: torch.Tensor, v: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:

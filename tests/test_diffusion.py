@@ -108,3 +108,17 @@ def test_decoder_gradients_are_finite_everywhere():
 def test_bad_pixels_raise_value_error(bad, match):
     with pytest.raises(ValueError, match=match):
         as_pixels(bad, (1, 8, 8))
+
+
+def test_predict_x0_at_alpha_bar_zero():
+    """ᾱ = 0 (last β = 1, as the tiny test priors' schedules end): x_t = ε exactly is 0/0, taken as 0
+    (it happened when bf16 rounded ε̂ onto a latent grid value, failing the coder's finite check);
+    elsewhere ±∞ as before, and a NaN input stays NaN for the coders' damaged-prior check."""
+    from diffcodec.diffusion import predict_x0
+
+    x = torch.tensor([0.5, 0.5, 0.25, float("nan")], dtype=torch.float64)
+    eps = torch.tensor([0.5, 0.25, 0.5, 0.0], dtype=torch.float64)
+    out = predict_x0(x, eps, torch.zeros(4, dtype=torch.float64))
+    assert out[0] == 0 and out[1] == float("inf") and out[2] == float("-inf") and torch.isnan(out[3])
+    ab = torch.full((4,), 0.3, dtype=torch.float64)
+    torch.testing.assert_close(predict_x0(x[:3], eps[:3], ab[:3]), (x[:3] - (0.7**0.5) * eps[:3]) / 0.3**0.5, rtol=0, atol=0)
