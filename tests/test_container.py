@@ -111,7 +111,7 @@ def test_batch_sizes_refuse_an_empty_batch():
         (dict(ramp=(0,)), "batch sizes"),
         (dict(ramp=(3,)), "batch sizes"),  # above max_batch = 2
         (dict(ramp=(1,) * 6), "batch sizes"),  # 6 tiles where 5 are chained
-        (dict(engine=2), "engine = 2 is outside 0..1"),  # no engine has code 2
+        (dict(engine=3), "engine = 3 is outside 0..2"),  # no engine has code 3
     ],
 )
 def test_forged_fields_fail_fast_before_allocating(coded, fields, msg):
