@@ -12,7 +12,7 @@ the network computes the same function on any image size; :meth:`UNetConfig.full
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
