@@ -63,9 +63,9 @@ class Engine(str, enum.Enum):
 
 
 # The mixed engine (engines.MixedNet): float32 at timesteps t ≤ T·MIXED_FLOAT32_FRACTION, where bf16's
-# round-off costs bits (embedded prior, 64 test images, all 1000 terms, same noise: bf16 everywhere moves
-# the bound by +1.15 %, 60 % of it in the term at t = 1; bf16 only above t = 10 moves it by +0.041 %,
-# above t = 5 by +0.094 %), and for calls of fewer than MIXED_MIN_BF16_BATCH inputs (bf16 autocast gains
+# round-off costs bits (python -m bench.bf16_terms: embedded prior, 32 test images, all 1000 terms, same
+# noise: bf16 everywhere moves the bound by +1.17 %, 60 % of it in the term at t = 1; bf16 only above
+# t = 10 moves it by +0.042 %, above t = 5 by +0.097 %), and for calls of fewer than MIXED_MIN_BF16_BATCH inputs (bf16 autocast gains
 # nothing at batch 1: 0.79x, ONNX Runtime 1.74x; bench/results/engines.json).
 MIXED_FLOAT32_FRACTION = 0.01
 MIXED_MIN_BF16_BATCH = 8
