@@ -3,7 +3,7 @@ per image (issue #9's per-image lossless target, ≤ 1.20 × the VLB).
 
 Reads the committed ``progressive.json`` (its ``images[i].lossless_bytes``: the default exact file of
 test image i) and recomputes each image's VLB at the same steps with the same seeded noise as that
-stage (bench.progressive._ideal, one torch thread: about a minute). Reports the ratio per image, how
+stage (bench.progressive._ideal, one torch thread: a few minutes). Reports the ratio per image, how
 many images exceed 1.20, the correlation of the ratio with the VLB, and the mean overhead in bits
 split into the fixed part (header and checksums: the size of a file that stops at step 0) and the
 rest (the step stream and x_0's finish over the VLB). Writes ``progressive_overhead.json``.
