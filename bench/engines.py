@@ -38,14 +38,14 @@ import os
 import statistics
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+import diffcodec.engines as diffcodec_engines
 from diffcodec.diffusion import pixels_to_model, q_sample
-from diffcodec.engines import Engine, EngineNet, MixedNet, OnnxRuntimeNet, mixed_float32_upto, with_net
+from diffcodec.engines import Engine, EngineNet, OnnxRuntimeNet, with_engine, with_net
 from diffcodec.schedule import Spacing
 from diffcodec.terms import compute_terms
 
@@ -112,7 +112,7 @@ def build(name: str, prior, x: torch.Tensor, t: torch.Tensor) -> nn.Module:
         if name == Engine.ONNXRUNTIME.value:
             return OnnxRuntimeNet(net, tuple(x.shape[1:]))
         if name == Engine.MIXED.value:
-            return MixedNet(net, tuple(x.shape[1:]), mixed_float32_upto(prior.config.num_timesteps))
+            return with_engine(prior, Engine.MIXED).net  # diffcodec.engines.MixedNet, built as the commands build it
         if name.startswith("openvino"):
             return openvino_net(net, x, t, "bf16" if name.endswith("bf16") else "f32")
         return net if name == REFERENCE else EngineNet(net, Engine(name))
@@ -226,7 +226,7 @@ def timed_rounds(runners: dict, inputs: dict, rounds: int, seconds: float, log) 
     loads = []
     with torch.inference_mode():
         for r in range(rounds):
-            order = names[r % len(names):] + names[: r % len(names)]
+            order = rotated(names, r)
             for b, (x, t) in inputs.items():
                 for name in order:
                     rates[name][str(b)].append(throughput(runners[name], x, t, seconds))
@@ -326,12 +326,15 @@ def versions() -> dict:
     return out
 
 
+def rotated(names: list, r: int) -> list:
+    """``names`` rotated left by ``r`` places: round r's order, so no engine always runs first."""
+    return names[r % len(names):] + names[: r % len(names)]
+
+
 def cpu_flags() -> list[str]:
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return []
-    return sorted(f for f in flags if f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "avx512_fp16"))
+    """The CPU flags that matter to these engines (diffcodec.engines.cpu_flags)."""
+    keep = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "avx512_fp16")
+    return sorted(f for f in diffcodec_engines.cpu_flags() if f in keep)
 
 
 def nll_by_engine(ctx, engines, num: int, rounds: int, network: dict) -> dict:
@@ -349,7 +352,7 @@ def nll_by_engine(ctx, engines, num: int, rounds: int, network: dict) -> dict:
     seconds, bpd = {e: [] for e in usable}, {}
     with pinned_threads(THREADS):
         for r in range(rounds):
-            for name in usable[r % len(usable):] + usable[: r % len(usable)]:
+            for name in rotated(usable, r):
                 t0 = time.perf_counter()
                 res = evaluate_nll(ctx.prior, images, schedule, workers=1, engine=name)
                 seconds[name].append(time.perf_counter() - t0)

@@ -144,19 +144,25 @@ def onnxruntime_available() -> bool:
     return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))
 
 
-_NO_ONNXRUNTIME = "engine onnxruntime needs the onnxruntime and onnx packages: pip install 'diffcodec[fast]'"
+_FAST_PACKAGES = "the onnxruntime and onnx packages: pip install 'diffcodec[fast]'"
+_NO_ONNXRUNTIME = f"engine onnxruntime needs {_FAST_PACKAGES}"
 
 
 @functools.lru_cache(maxsize=1)
-def cpu_has_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (the avx512_bf16 or amx_bf16 flag of /proc/cpuinfo; False
-    where that file does not exist): without it bf16 autocast is emulated and not measured to pay."""
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (the first ``flags`` line of /proc/cpuinfo; empty where there is none)."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = set(f.read().split())
-    except OSError:
-        return False
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
+            line = next(line for line in f if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return frozenset()
+    return frozenset(line.split(":", 1)[-1].split())
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (avx512_bf16 or amx_bf16): without it bf16 autocast is
+    emulated and not measured to pay."""
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 def _auto(table: dict, device) -> Engine:
@@ -208,8 +214,8 @@ def coding_engine(engine: Engine | str, device: torch.device | str = "cpu", auto
                          f"and decoder (coding engines: {', '.join(e.value for e in CODING_ENGINES)})")
     if engine in (Engine.ONNXRUNTIME, Engine.MIXED):
         if not onnxruntime_available():
-            raise ValueError(_NO_ONNXRUNTIME if engine is Engine.ONNXRUNTIME else "engine mixed codes its float32 part "
-                             "through ONNX Runtime, which needs the onnxruntime and onnx packages: pip install 'diffcodec[fast]'")
+            raise ValueError(_NO_ONNXRUNTIME if engine is Engine.ONNXRUNTIME else
+                             f"engine mixed codes its float32 part through ONNX Runtime, which needs {_FAST_PACKAGES}")
         if torch.device(device).type != "cpu":
             raise ValueError(f"engine {engine.value} runs on the CPU for coding, not {device} (use --device cpu)")
     return engine
