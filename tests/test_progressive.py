@@ -105,8 +105,7 @@ def _pfr_stats(margin: float, reps: int = 250, d: int = 16, seed: int = 0):
         mu_q = 0.6 * torch.randn(d, generator=gen, dtype=torch.float64)
         kl = rcc.kl_bits(mu_q, 1.0, mu_p, sd_p)
         a, b = rcc.log_weight_coefs(mu_q, 1.0, mu_p, sd_p)
-        pick = rcc.select(a, b, seed=r, kl_bits=kl, margin=margin, private=torch.Generator().manual_seed(10_000 + r),
-                          size=rcc.block_size(kl, d))
+        pick = rcc.select(a, b, seed=r, kl_bits=kl, margin=margin, private=10_000 + r)
         x = mu_p + sd_p * pick.eps.double()
         z = x - mu_q
         num += float(((x - mu_p) * (mu_q - mu_p)).sum())
@@ -241,7 +240,7 @@ def test_fresh_process_with_other_threads_regenerates_candidates_and_pixels(prio
     image = _image(7)
     data = encode(loaded, image, FAST).data
     (tmp_path / "x.dcp").write_bytes(data)
-    eps = rcc.candidate(12345, 77, 40, rcc.block_size(5.0, 40))
+    eps = rcc.candidate(12345, 77, 40)
     script = textwrap.dedent(f"""
         import numpy as np, torch, hashlib
         torch.set_num_threads(2)
@@ -250,7 +249,7 @@ def test_fresh_process_with_other_threads_regenerates_candidates_and_pixels(prio
         from diffcodec.coding.progressive import decode
         res = decode(load_prior({str(path)!r}), open({str(tmp_path / 'x.dcp')!r}, 'rb').read())
         print(res.complete, hashlib.sha256(res.image.tobytes()).hexdigest())
-        print(hashlib.sha256(rcc.candidate(12345, 77, 40, rcc.block_size(5.0, 40)).numpy().tobytes()).hexdigest())
+        print(hashlib.sha256(rcc.candidate(12345, 77, 40).numpy().tobytes()).hexdigest())
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
     import hashlib
@@ -380,15 +379,47 @@ def test_onnxruntime_and_float32_files_differ_only_in_rounding(prior):
     assert abs(sizes[0] - sizes[1]) <= 0.1 * sizes[0]
 
 
-def test_the_search_scores_the_candidates_the_decoder_regenerates():
-    """The search's block scores (reused buffers) are Σ a m² + b m at the bin means of the codes that
-    rcc.codes gives the decoder for the same indices."""
-    gen = torch.Generator().manual_seed(5)
-    d, size = 37, 64
-    a = -0.01 * torch.rand(d, 1, generator=gen)
-    b = torch.randn(d, 1, generator=gen)
-    got = rcc._Buffers(size, d, "cpu").scores(99, 3, a, b).view(-1)
-    means = torch.tensor(rcc.BIN_MEANS, dtype=torch.float32)
-    for row in (0, 17, size - 1):
-        m = means[rcc.codes(99, 3 * size + row + 1, d, size).long()]
-        assert torch.allclose(got[row], (a.view(-1) * m * m + b.view(-1) * m).sum(), atol=1e-4)
+def test_candidate_words_are_splitmix64_in_numpy_torch_and_numba():
+    """The counter-based generator behind the candidates: numpy (the decoder) and torch (the CUDA
+    search) give splitmix64's words, checked against Python integers; a candidate's codes are the
+    bytes of its words."""
+    from diffcodec.coding import candidates
+
+    def reference(seed, n):
+        z = (seed + (n + 1) * candidates.GAMMA) % 2**64
+        z = ((z ^ (z >> 30)) * candidates.MIX1) % 2**64
+        z = ((z ^ (z >> 27)) * candidates.MIX2) % 2**64
+        return z ^ (z >> 31)
+
+    seed = 0x7FEDCBA987654321
+    got = candidates.words(seed, 1000, 50)
+    assert [int(v) for v in got] == [reference(seed, 1000 + i) for i in range(50)]
+    assert np.array_equal(candidates.words_torch(seed, torch.arange(1000, 1050)).numpy().view(np.uint64), got)
+    w = candidates.words(seed, 2 * 2, 2)  # candidate 3 of 13 dimensions: words 4 and 5
+    assert candidates.codes(seed, 3, 13).tolist() == [(int(w[j // 8]) >> (8 * (j % 8))) & 255 for j in range(13)]
+
+
+@pytest.mark.parametrize("d", [3, 8, 37, 300])
+def test_searches_find_the_argmax_over_the_candidates_the_decoder_regenerates(d):
+    """Both searches (numba on 1-3 threads, torch blocks) return the first best of
+    Σ a m² + b m − ln T over candidates 1..N, computed here by brute force from the decoder's codes
+    and the arrival times; with the PFR ceiling they stop early and still agree."""
+    from diffcodec.coding import candidates
+
+    gen = np.random.default_rng(d)
+    a = (-0.2 * gen.random(d) - 0.01).astype(np.float32)
+    b = gen.standard_normal(d).astype(np.float32)
+    means = rcc.BIN_MEANS.astype(np.float32)
+    n, seed, private = 3000, 99 + d, 5 + d
+    m = means[np.stack([candidates.codes(seed, i, d) for i in range(1, n + 1)])].astype(np.float64)
+    score = (m * m) @ a + m @ b - np.log(candidates.arrival_times(private, 0, n).numpy())
+    best = int(np.argmax(score)) + 1
+    ceiling = rcc.weight_ceiling(torch.from_numpy(a).double(), torch.from_numpy(b).double())
+    for limit in (math.inf, ceiling):
+        got = candidates.search_torch(torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(means), seed,
+                                      private, n, limit)
+        assert got[0] == best and (got[1] == n or limit < math.inf)
+        if candidates.numba_available():
+            for workers in (1, 2, 3):
+                assert candidates.search_cpu(a, b, means, seed, private, n, limit, workers)[0] == best
+

@@ -72,7 +72,7 @@ from .arith import ArithmeticDecoder, ArithmeticEncoder, OutOfBits, Snapshot
 from .lossless import check_images, from_tiles, pinned_threads, tile_shape, to_tiles
 from .progressive_records import EncodeResult, StepRecord, StepStats, fidelity_stats, psnr, step_dict  # noqa: F401
 from .progressive_steps import LEVEL_MAX, LEVEL_MIN, LEVEL_SPAN, SKIP, Chain, kl_level
-from .rcc import block_size, candidate, kl_nats_per_dim, log_weight_coefs, read_index, seed_of, select, write_index
+from .rcc import candidate, kl_nats_per_dim, log_weight_coefs, read_index, seed_of, select, write_index
 
 # Without a target the encoder walks on until the exact file, ended at two successive states, would be
 # more than WALK_ON bytes above its best: past its minimum it rises with noise of a few bytes per state
@@ -300,8 +300,7 @@ def _encode_step(chain: Chain, coder: ArithmeticEncoder, k: int, m: int, x0, x, 
             mq, mp, sp = mu_q[b, dims], mean_p[b, dims], std_p[b, dims]
             kl = float(kl_dims[dims].sum())
             a, bb = (t.to(chain.device) for t in log_weight_coefs(mq, sd_q, mp, sp))  # candidates on the chain's device
-            private = torch.Generator().manual_seed(seed_of(0xE11C, b, k, ci))
-            pick = select(a, bb, _chunk_seed(b, k, ci), kl, params.margin, private, block_size(kappa, len(dims)),
+            pick = select(a, bb, _chunk_seed(b, k, ci), kl, params.margin, seed_of(0xE11C, b, k, ci),
                           params.max_search_bits, params.search_threads)
             write_index(coder, chain.octaves.table(kappa), pick.index)
             chain.octaves.update(kappa, pick.index)
@@ -351,7 +350,7 @@ def _decode_step(chain: Chain, reader: ArithmeticDecoder, k: int, m: int, x, eps
         for ci, (dims, kappa) in enumerate(chain.chunks(b, k, level, std_p[b], sd_q)):
             index = read_index(reader, octaves.table(kappa))
             octaves.update(kappa, index)
-            eps_c = candidate(_chunk_seed(b, k, ci), index, len(dims), block_size(kappa, len(dims)), chain.device).cpu()
+            eps_c = candidate(_chunk_seed(b, k, ci), index, len(dims))
             new[b, dims] = mean_p[b, dims] + std_p[b, dims] * eps_c.double()
     # only a complete step updates the shared state
     chain.levels, chain.expected, chain.octaves, chain.level_model = levels, expecteds, octaves, level_model

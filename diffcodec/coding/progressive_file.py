@@ -2,10 +2,10 @@
 
 A 28×28 file is a few hundred bytes, so every count is an unsigned LEB128 varint. Layout::
 
-    magic b"DP" (2) · format version 3 (1) · prior digest, first 2 bytes of its SHA-256 (2)
+    magic b"DP" (2) · format version 4 (1) · prior digest, first 2 bytes of its SHA-256 (2)
     varint flags: bit 0 = the default coder parameters (below), bit 1 = three channels (else one),
              bits 2-6 = finish (0: a lossy file; else how x_0 follows the last step, coding.progressive_finish),
-             bit 7 = network and candidates ran on CUDA (decodable only there; else CPU),
+             bit 7 = the network ran on CUDA (decodable only there; else CPU),
              bits 8-9 = the network's engine, an index into defaults.CODING_ENGINES (0 float32 torch,
              1 ONNX Runtime, 2 mixed)
     varints, only when bit 0 is clear: steps K, spacing (0 even, 1 front), chunk size κ and merge
@@ -51,7 +51,7 @@ from .progressive_finish import DECODER, MAX_CODE
 from .varint import encode_varint
 
 MAGIC = b"DP"
-VERSION = 3  # 3: candidates are quantile codes (coding.rcc); 2 drew float32 normals
+VERSION = 4  # 4: counter-based candidate codes (coding.candidates); 3 seeded torch generators per block; 2 drew float32 normals
 DIGEST_BYTES = 2  # another prior passes with odds 2^-16; a complete file is still caught by the pixel CRC
 MAX_DIMS = 1 << 26  # pixels × channels a file may claim (the decoder holds float64 latents of this size)
 MAX_STEPS = 100_000

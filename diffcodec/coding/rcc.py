@@ -28,12 +28,13 @@ coarse. The chosen bins follow q's tilt evaluated at m_c instead of at ε, and t
 q shrinks by Var(m_c) = 1 − 7.4·10⁻⁴ (a slope factor of 0.9993, far below the truncation bias).
 Drawing and scoring a byte per dimension runs 2–5× faster than a float32 normal per dimension.
 
-Shared randomness: the codes of candidate block ``b`` of a chunk come from a torch generator seeded
-with a hash of (chunk seed, b), so the decoder regenerates only the block holding i*. Blocks hold
-2^clamp(⌈κ⌉ + 2, 4, 14) candidates for a chunk whose KL the decoder puts at κ bits, so a chunk of
-one bit does not draw a thousand candidates, and about 2^18 codes at most (:func:`block_size`).
-Codes are drawn on the coder's device (a file records which); the winner's completion runs on the
-CPU in float64 (scipy's ndtri, one value at a time).
+Shared randomness (coding.candidates): the codes of candidate i of a chunk are bytes of a
+counter-based generator (splitmix64 words at counters (i − 1)·⌈d/8⌉ …) seeded by the chunk, so the
+decoder regenerates candidate i* alone, on any device. The encoder's search is one fused pass per
+candidate (draw, table look-up, two multiply-adds, arrival time) compiled by numba on the CPU, about
+0.3–0.5 ns per candidate and dimension, 4× the torch search it replaced; a torch search over blocks
+of candidates runs on CUDA (or without numba). The winner's completion runs on the CPU in float64
+(scipy's ndtri).
 
 Index code: i* ≥ 1 falls in octave o = ⌊log2 i*⌋; o is arithmetic-coded (coding.arith) under
 :class:`OctaveModel` (a Gaussian around the chunk's KL κ, known to the decoder, whose
@@ -46,14 +47,13 @@ Fashion-MNIST chunks.) Round trip (a test executes this)::
     >>> mu_p, sd_p = torch.zeros(6, dtype=torch.float64), torch.ones(6, dtype=torch.float64)
     >>> mu_q = torch.full((6,), 0.8, dtype=torch.float64)
     >>> a, b = log_weight_coefs(mu_q, 0.9, mu_p, sd_p)
-    >>> pick = select(a, b, seed=7, kl_bits=kl_bits(mu_q, 0.9, mu_p, sd_p), margin=4,
-    ...               private=torch.Generator().manual_seed(1), size=block_size(2.0, 6))
+    >>> pick = select(a, b, seed=7, kl_bits=kl_bits(mu_q, 0.9, mu_p, sd_p), margin=4, private=1)
     >>> enc = ArithmeticEncoder(); write_index(enc, OctaveModel().table(2.0), pick.index)
     >>> data, _ = enc.terminated(enc.snapshot())
     >>> index = read_index(ArithmeticDecoder(data, complete=True), OctaveModel().table(2.0))
-    >>> bool(torch.equal(candidate(7, index, 6, block_size(2.0, 6)), pick.eps))
+    >>> bool(torch.equal(candidate(7, index, 6), pick.eps))
     True
-    >>> pick.eps.dtype, bool(torch.equal(quantile_codes(pick.eps), codes(7, index, 6, block_size(2.0, 6))))
+    >>> pick.eps.dtype, bool(torch.equal(quantile_codes(pick.eps), torch.from_numpy(codes(7, index, 6))))
     (torch.float64, True)
 """
 
@@ -62,17 +62,16 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from scipy.special import ndtr, ndtri
 
+from . import candidates as cands
 from .arith import ArithmeticDecoder, ArithmeticEncoder, FrequencyTable
+from .candidates import codes
 
-MIN_BLOCK_BITS, MAX_BLOCK_BITS = 4, 14  # a seeded block holds 16 .. 16384 candidates
-BLOCK_BYTES = 1 << 18  # and about this many codes at most, so a block's scores are computed in cache
 MAX_OCTAVES = 40  # indices up to 2^40 − 1 are codable (the encoder never searches that far)
 
 
@@ -104,13 +103,6 @@ def kl_bits(mu_q, sigma_q, mu_p, sigma_p) -> float:
     return float(kl_nats_per_dim(mu_q, sigma_q, mu_p, sigma_p).sum()) / math.log(2.0)
 
 
-def block_size(kappa: float, d: int) -> int:
-    """Candidates per seeded block for a chunk of ``d`` dimensions the decoder expects to carry ``kappa`` bits:
-    2^(⌈κ⌉ + 2), and about 2^18 codes at most (measured: 1024 × 784 codes a block run at 0.8× the speed of 256 × 784)."""
-    cap = min(max(round(math.log2(BLOCK_BYTES / max(d, 1))), MIN_BLOCK_BITS), MAX_BLOCK_BITS)
-    return 1 << min(max(math.ceil(max(kappa, 0.0)) + 2, MIN_BLOCK_BITS), cap)
-
-
 QUANTILE_BITS = 8
 BINS = 1 << QUANTILE_BITS
 _EDGES = ndtri(np.arange(BINS + 1) / BINS)  # bin c of N(0, 1) is [_EDGES[c], _EDGES[c + 1])
@@ -119,58 +111,19 @@ _MEANS32 = torch.tensor(BIN_MEANS, dtype=torch.float32)
 _UNIFORM_BITS = 44  # c + u keeps every bit of u in a float64
 
 
-def _draw_codes(words: torch.Tensor, seed: int, block: int, n: int) -> torch.Tensor:
-    """Fill ``words`` (int64, ⌈n/8⌉) from block ``block``'s seeded generator → its first ``n`` bytes, the codes (uint8)."""
-    gen = torch.Generator(device=words.device).manual_seed(seed_of(seed, block))
-    return words.random_(-(2**63), None, generator=gen).view(torch.uint8)[:n]
-
-
-def _block_codes(seed: int, block: int, size: int, d: int, device) -> torch.Tensor:
-    """Quantile codes of candidate block ``block``: [size, d] uint8."""
-    words = torch.empty(-(-size * d // 8), dtype=torch.int64, device=device)
-    return _draw_codes(words, seed, block, size * d).view(size, d)
-
-
-class _Buffers:
-    """One search thread's tensors for a block of ``size`` candidates of ``d`` dimensions: :meth:`scores`
-    gives Σ a ε² + b ε of each at its bins' conditional means, the codes drawn as :func:`_block_codes` draws them."""
-
-    def __init__(self, size: int, d: int, device):
-        self.words = torch.empty(-(-size * d // 8), dtype=torch.int64, device=device)
-        self.index = torch.empty(size * d, dtype=torch.int32, device=device)
-        self.eps = torch.empty(size, d, dtype=torch.float32, device=device)
-        self.square = torch.empty(size, d, dtype=torch.float32, device=device)
-        self.quad = torch.empty(size, 1, dtype=torch.float32, device=device)
-        self.out = torch.empty(size, 1, dtype=torch.float32, device=device)
-        self.table = _MEANS32.to(device)
-        self.n = size * d
-
-    def scores(self, seed: int, block: int, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        self.index.copy_(_draw_codes(self.words, seed, block, self.n))
-        torch.index_select(self.table, 0, self.index, out=self.eps.view(-1))
-        torch.mul(self.eps, self.eps, out=self.square)
-        torch.mm(self.square, a, out=self.quad)
-        return torch.addmm(self.quad, self.eps, b, out=self.out)
-
-
-def codes(seed: int, index: int, d: int, size: int, device="cpu") -> torch.Tensor:
-    """Quantile codes of candidate ``index`` (1-based) of the chunk seeded ``seed``, blocks of ``size``: [d] uint8 (CPU)."""
-    block, row = divmod(index - 1, size)
-    return _block_codes(seed, block, size, d, device)[row].cpu()
-
-
 def quantile_codes(eps: torch.Tensor) -> torch.Tensor:
     """The bin of each ε: ⌊256·Φ(ε)⌋, [d] uint8 (tests use it to check a completion stays in its bins)."""
     return torch.from_numpy(np.searchsorted(_EDGES, eps.numpy(), side="right") - 1).to(torch.uint8)
 
 
-def candidate(seed: int, index: int, d: int, size: int, device="cpu") -> torch.Tensor:
-    """ε of candidate ``index`` (1-based) of the chunk seeded ``seed`` with blocks of ``size``: [d] float64 on the CPU.
+def candidate(seed: int, index: int, d: int) -> torch.Tensor:
+    """ε of candidate ``index`` (1-based) of the chunk seeded ``seed``: [d] float64 on the CPU.
 
-    Its codes c, completed inside their bins: ε = Φ⁻¹((c + u)/256), u = (r + ½)/2^44 with r uniform
-    on [0, 2^44) from a generator seeded by (seed, index), so ε is N(0, 1) restricted to bin c.
+    Its codes c (coding.candidates.codes), completed inside their bins: ε = Φ⁻¹((c + u)/256),
+    u = (r + ½)/2^44 with r uniform on [0, 2^44) from a generator seeded by (seed, index), so ε is
+    N(0, 1) restricted to bin c.
     """
-    c = codes(seed, index, d, size, device).double()
+    c = torch.from_numpy(codes(seed, index, d)).double()
     gen = torch.Generator().manual_seed(seed_of(seed, 0xC0DE, index))
     r = torch.randint(0, 1 << _UNIFORM_BITS, (d,), generator=gen, dtype=torch.int64).double()
     u = (r + 0.5) / float(1 << _UNIFORM_BITS)
@@ -184,51 +137,30 @@ class Selection:
     searched: int  # candidates drawn and scored (the search stops early once none can win)
 
 
-def search_size(kl: float, margin: float, max_bits: int, size: int) -> int:
-    """N = 2^(KL + margin) candidates (at least 1, at most 2^max_bits), rounded up to whole blocks of ``size``."""
-    n = math.ceil(2.0 ** min(max(kl + margin, 0.0), max_bits))
-    return -(-n // size) * size
+def search_size(kl: float, margin: float, max_bits: int) -> int:
+    """N = 2^(KL + margin) candidates, at least 1, at most 2^max_bits."""
+    return math.ceil(2.0 ** min(max(kl + margin, 0.0), max_bits))
 
 
 @torch.no_grad()
-def select(a: torch.Tensor, b: torch.Tensor, seed: int, kl_bits: float, margin: float, private: torch.Generator,
-           size: int, max_bits: int = 20, workers: int = 1) -> Selection:
-    """Truncated PFR over N = search_size(…) candidates of one chunk ([d] coefficients), blocks of ``size``.
+def select(a: torch.Tensor, b: torch.Tensor, seed: int, kl_bits: float, margin: float, private: int,
+           max_bits: int = 20, workers: int = 1) -> Selection:
+    """Truncated PFR over N = search_size(…) candidates of one chunk ([d] coefficients, on the device
+    that searches), arrival times from the ``private`` seed: the first best, whatever ``workers``.
 
-    With ``workers`` > 1 the blocks are split into that many contiguous runs scored on as many threads
-    (torch releases the GIL): the same candidates and the same choice, the first of equal scores.
+    On the CPU with numba, the fused kernel on ``workers`` threads (coding.candidates.search_cpu);
+    otherwise torch blocks on ``a``'s device (search_torch; its float32 sums run in another order, so
+    a near tie may pick another, equally valid, candidate).
     """
-    device = a.device
-    d = a.numel()
-    a32, b32 = a.float().view(d, 1), b.float().view(d, 1)
-    n = search_size(kl_bits, margin, max_bits, size)
-    arrivals = torch.empty(n, dtype=torch.float64).exponential_(generator=private).cumsum(0).log()
-    first = arrivals[::size].tolist()  # log T at the start of each block
-    arrivals = arrivals.to(device)
+    n = search_size(kl_bits, margin, max_bits)
     ceiling = weight_ceiling(a, b)
-
-    def run(blocks: range) -> tuple[float, int, int]:
-        best, best_index, drawn = -math.inf, 0, 0
-        buf = _Buffers(size, d, device)  # reused block after block: fresh megabyte tensors cost page faults
-        for blk in blocks:
-            if first[blk] > ceiling - best:
-                break  # no later candidate can win: its log w is at most the ceiling
-            drawn += size
-            score = buf.scores(seed, blk, a32, b32).view(-1).double() - arrivals[blk * size : (blk + 1) * size]
-            value, row = torch.max(score, 0)
-            if float(value) > best:
-                best, best_index = float(value), blk * size + int(row) + 1
-        return best, best_index, drawn
-
-    blocks = n // size
-    parts = min(workers, blocks)
-    if parts <= 1:
-        results = [run(range(blocks))]
+    a32, b32 = a.float(), b.float()
+    if a.device.type == "cpu" and cands.numba_available():
+        index, searched = cands.search_cpu(a32.numpy(), b32.numpy(), _MEANS32.numpy(), seed, private, n, ceiling,
+                                           workers)
     else:
-        cuts = [blocks * i // parts for i in range(parts + 1)]
-        results = list(_pool(parts).map(run, [range(cuts[i], cuts[i + 1]) for i in range(parts)]))
-    best, index, _ = max(results, key=lambda r: (r[0], -r[1]))
-    return Selection(index=index, eps=candidate(seed, index, d, size, device), searched=sum(r[2] for r in results))
+        index, searched = cands.search_torch(a32, b32, _MEANS32, seed, private, n, ceiling)
+    return Selection(index=index, eps=candidate(seed, index, a.numel()), searched=searched)
 
 
 def weight_ceiling(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -239,11 +171,6 @@ def weight_ceiling(a: torch.Tensor, b: torch.Tensor) -> float:
     if not bool((a < 0).all()):
         return math.inf
     return float((-b * b / (4.0 * a)).sum())
-
-
-@functools.lru_cache(maxsize=4)
-def _pool(workers: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="diffcodec-rcc")
 
 
 def write_index(enc: ArithmeticEncoder, table: FrequencyTable, index: int) -> None:
