@@ -21,6 +21,8 @@ Stages (``all`` runs them in this order, all but ``engines``; later stages reuse
             and JPEG XL lossless, lossy (centre crops) against JPEG, WebP, JPEG XL and AVIF, time and
             memory of nll/compress/encode on one photo → photos.{json,png} (issue #14; only when named;
             --prior defaults to the embedded photo prior)
+  photos-whole  the photos' lossy comparison on whole photos instead of crops → photos_whole.json
+            (issue #14; only when named; about 10-16 minutes per photo, --num N takes the N smallest)
 
 Examples:
 
@@ -39,8 +41,8 @@ from .context import Context
 from .provenance import RESULTS
 
 STAGES = ("classic", "ideal", "progressive", "rd", "lossless", "terms", "strip", "timing")
-ON_REQUEST = ("engines", "photos")  # machine benchmarks that compile and take minutes whatever --quick says: not in ``all``
-MODULES = {"classic": "classic", "ideal": "ideal", "progressive": "progressive", "rd": "rd", "lossless": "lossless_table", "terms": "timestep_terms", "strip": "strip", "timing": "timing", "engines": "engines", "photos": "photos"}
+ON_REQUEST = ("engines", "photos", "photos-whole")  # machine benchmarks that compile and take minutes whatever --quick says: not in ``all``
+MODULES = {"classic": "classic", "ideal": "ideal", "progressive": "progressive", "rd": "rd", "lossless": "lossless_table", "terms": "timestep_terms", "strip": "strip", "timing": "timing", "engines": "engines", "photos": "photos", "photos-whole": "photos_whole"}
 QUICK_NUM = 100
 
 

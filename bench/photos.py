@@ -54,6 +54,7 @@ from .plotting import pyplot
 from .timing import recorded_calls, replay_seconds
 
 CROP, QUICK_CROP = 64, 32
+WHOLE = 0  # lossy_part's size for whole photos
 TOP_DB = 41.0  # encode stops at the first step at or above this PSNR (the comparisons stop at 40 dB)
 LOSSLESS_KEYS = ("png", "webp_lossless", "jxl_lossless_e10")
 LOSSY_KEYS = ("jpeg", "webp", "jxl", "avif")
@@ -123,8 +124,10 @@ def _encode_curve(prior, crop: np.ndarray, steps: int) -> tuple[list[dict], dict
 
 
 def lossy_part(ctx, prior, photos, steps: int, size: int | None = None) -> dict:
-    size = size or (QUICK_CROP if ctx.quick else CROP)
-    crops = [centre_crop(p.image, size) for p in photos]
+    """Rate–distortion on the centre ``size``-px crops (default CROP) of ``photos``, or on the whole
+    photos when ``size`` is WHOLE (bench/photos_whole.py)."""
+    size = size if size is not None else (QUICK_CROP if ctx.quick else CROP)
+    crops = [p.image if size == WHOLE else centre_crop(p.image, size) for p in photos]
     fronts: dict[str, list] = {}
     for key in LOSSY_KEYS:
         codec = next(c for c in LOSSY if c.key == key)
@@ -146,7 +149,8 @@ def lossy_part(ctx, prior, photos, steps: int, size: int | None = None) -> dict:
         points, meta = _encode_curve(prior, c, steps)
         diff.append(([q["bits_per_dim"] for q in points], [q["psnr"] for q in points]))
         info.append(dict(meta, wall_seconds=time.perf_counter() - t0, photo=photos[i].name))
-        ctx.log(f"  encode {photos[i].name} crop: {meta['bytes']} bytes to {points[-1]['psnr']:.1f} dB in {meta['seconds']:.0f} s")
+        what = "whole" if size == WHOLE else "crop"
+        ctx.log(f"  encode {photos[i].name} {what}: {meta['bytes']} bytes to {points[-1]['psnr']:.1f} dB in {meta['seconds']:.0f} s")
     fronts["diffcodec"] = diff
     rates = {k: {f"{t:g}": _mean_rate(v, t) for t in TARGETS_DB} for k, v in fronts.items()}
     bd = {}
@@ -155,7 +159,7 @@ def lossy_part(ctx, prior, photos, steps: int, size: int | None = None) -> dict:
             per = [_bd_rate(a, d) for a, d in zip(fronts[key], diff)]
             vals = [v for v in per if v is not None]
             bd[key] = {"median": float(np.median(vals)) if vals else None, "per_crop": per}
-    return {"crop": size, "top_db": TOP_DB, "photos": [p.name for p in photos], "encode": info,
+    return {"crop": "whole" if size == WHOLE else size, "top_db": TOP_DB, "photos": [p.name for p in photos], "encode": info,
             "bits_per_dim_at_psnr": rates, "bd_rate_vs": bd,
             "curves": {k: [[list(map(float, r)), [float(x) for x in q]] for r, q in v] for k, v in fronts.items()}}
 

@@ -1,0 +1,32 @@
+"""Lossy coding of whole test photographs (issue #14): ``python -m bench photos-whole [--num N]``.
+
+``python -m bench photos`` measures rate–distortion on 64-px centre crops because ``encode``'s
+search grows with the pixel count. This stage runs the same comparison (bench.photos.lossy_part:
+JPEG, WebP, JPEG XL and AVIF sweeps, one file per photo, decoded; ``encode`` stopped at 41 dB,
+every prefix a point) on whole photos: the ``--num`` smallest of the photos the crop comparison
+uses (every second test photo; default all 5). A 256×256 photo takes ``encode`` about 10 minutes on
+this CPU (83 % of it the candidate search), a 256×410 one about 16.
+
+Writes ``photos_whole.json`` (the lossy part's schema, ``crop`` = "whole").
+"""
+
+from __future__ import annotations
+
+import torch
+
+from diffcodec.photos import load_photos
+
+from .photos import LOSSY_EVERY, THREADS, WHOLE, _prior, lossy_part
+
+
+def stage(ctx) -> dict:
+    prior = ctx.prior = _prior(ctx)  # the provenance records this prior
+    if not prior.any_size or prior.image_shape[0] != 3:
+        raise ValueError("bench photos-whole needs an any-size colour prior (the embedded 'photo' prior)")
+    steps = min(ctx.steps, prior.config.num_timesteps)
+    photos = sorted(load_photos("test")[::LOSSY_EVERY], key=lambda p: p.image.size)[: ctx.num]
+    torch.set_num_threads(THREADS)
+    ctx.log(f"photos-whole: {[p.name for p in photos]}, prior {prior.digest[:12]}, {steps} steps")
+    body = {"prior_digest": prior.digest, "prior_info": prior.info, "data": "photos:test", "steps": steps,
+            "lossy": lossy_part(ctx, prior, photos, steps, WHOLE)}
+    return ctx.write("photos_whole", body)
