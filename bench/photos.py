@@ -11,8 +11,9 @@ on the test split of the prepared photo corpus (``python -m diffcodec.photos pre
   back and checked bit-exact (tests/test_photo_prior.py checks exactness on small images).
   Means over photos are of per-photo bits/dim.
 - **lossy, centre crops**: the centre ``CROP``×``CROP`` of every second test photo (5 of the 9,
-  ``LOSSY_EVERY``; the progressive coder's search grows with the pixel count, and a 64×64 crop
-  to 41 dB takes it about 2 minutes on this CPU, so whole photos would take tens of minutes each);
+  ``LOSSY_EVERY``; the progressive coder's search grows with the pixel count: a whole 256×256 photo
+  to 41 dB takes ``encode`` about 10 minutes on this CPU, so whole photos are a stage of their own,
+  ``python -m bench photos-whole``);
   JPEG, WebP, JPEG XL and AVIF quality sweeps (bench.classic, one file per crop, decoded) and
   ``encode`` stopped at ``TOP_DB`` dB, whose every prefix is a point (real file bytes of the prefix,
   PSNR of what the decoder shows). Per crop: the bits/dim each codec needs at 30 / 35 / 40 dB
@@ -61,7 +62,7 @@ LOSSY_KEYS = ("jpeg", "webp", "jxl", "avif")
 QUICK_PHOTOS = 2
 THREADS = 2  # torch threads for the network everywhere (the compress files record it)
 ENCODE_CROP = 64  # the timing part's encode runs on this centre crop of the photo
-LOSSY_EVERY = 2  # the lossy part takes every second test photo (5 of 9): each crop's encode takes about 2 minutes
+LOSSY_EVERY = 2  # the lossy part takes every second test photo (5 of 9)
 
 
 def _prior(ctx):

@@ -21,7 +21,7 @@ so one candidate costs two multiply-adds per dimension after its draw.
 Candidates in two parts. Drawing float32 normals was most of the encoder's time, so a candidate is
 drawn as one random byte per dimension, its quantile code c: the bin ε ∈ [Φ⁻¹(c/256), Φ⁻¹((c+1)/256))
 of N(0, 1), each bin of probability 1/256. The search scores a candidate at its bins' conditional
-means m_c = E[ε | c] (a table lookup, then the two matrix products). Only the winner is completed
+means m_c = E[ε | c] (a table lookup and two multiply-adds per dimension). Only the winner is completed
 inside its bins: ε = Φ⁻¹((c + u)/256) with u ~ U(0, 1) from a second seeded stream, an exact draw
 of N(0, 1) restricted to the bin. So every candidate is an exact draw of p; only the weight is
 coarse. The chosen bins follow q's tilt evaluated at m_c instead of at ε, and the mean shift towards
