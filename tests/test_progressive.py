@@ -204,6 +204,12 @@ def test_bad_files_fail_with_one_line_errors(prior):
     corrupted[len(data) // 2] ^= 0x10
     with pytest.raises(ValueError, match="checksum|desynchronized|corrupted|out of range"):
         decode(prior, bytes(corrupted))
+    start = len(data) - len(progressive_file.unpack(data)[1]) - 4  # the body's first byte
+    for pos in np.linspace(start, len(data) - 5, 12).astype(int):  # a damaged complete file is never shown as partial
+        flipped = bytearray(data)
+        flipped[pos] ^= 0x01
+        with pytest.raises(ValueError, match="checksum|desynchronized|corrupted|out of range"):
+            decode(prior, bytes(flipped))
     header = bytearray(data)
     header[10] ^= 0x01
     with pytest.raises(ValueError, match="header checksum"):

@@ -429,6 +429,9 @@ def decode(prior: Prior, data: bytes, steps: int | None = None, keep_intermediat
             bar.update(1)
     final = image if lossless else shown
     verified = complete and (lossless or (done == header.stop and not header.finish))
+    if complete and not verified and (steps is None or steps >= K):  # the whole file is here, its stream did not lead to its end
+        raise ValueError(f"progressive file is corrupted (its step stream ends after {done} of {header.stop} steps, "
+                         f"{'then the exact pixels' if header.finish else 'lossy'}); nothing written")
     if verified and not pf.verify(data, final):
         raise ValueError("decoding desynchronized (decoded pixels fail the file's checksum); nothing written")
     if recon == "sample" and not lossless:
