@@ -238,11 +238,17 @@ def _calls_of(prior, op) -> list:
     return list(calls)
 
 
-def stage(ctx) -> dict:
-    prior = ctx.prior = _prior(ctx)  # the provenance records this prior
+def photo_prior(ctx, stage: str):
+    """(prior, steps) of a photo stage: ``--prior`` or the embedded photo prior, recorded in the
+    provenance, which must be an any-size colour prior; the chain's steps capped at its T."""
+    prior = ctx.prior = _prior(ctx)
     if not prior.any_size or prior.image_shape[0] != 3:
-        raise ValueError("bench photos needs an any-size colour prior (the embedded 'photo' prior)")
-    steps = min(ctx.steps, prior.config.num_timesteps)
+        raise ValueError(f"bench {stage} needs an any-size colour prior (the embedded 'photo' prior)")
+    return prior, min(ctx.steps, prior.config.num_timesteps)
+
+
+def stage(ctx) -> dict:
+    prior, steps = photo_prior(ctx, "photos")
     photos = load_photos("test")
     if ctx.quick:
         photos = sorted(photos, key=lambda p: p.image.size)[:QUICK_PHOTOS]

@@ -16,14 +16,11 @@ import torch
 
 from diffcodec.photos import load_photos
 
-from .photos import LOSSY_EVERY, THREADS, WHOLE, _prior, lossy_part
+from .photos import LOSSY_EVERY, THREADS, WHOLE, lossy_part, photo_prior
 
 
 def stage(ctx) -> dict:
-    prior = ctx.prior = _prior(ctx)  # the provenance records this prior
-    if not prior.any_size or prior.image_shape[0] != 3:
-        raise ValueError("bench photos-whole needs an any-size colour prior (the embedded 'photo' prior)")
-    steps = min(ctx.steps, prior.config.num_timesteps)
+    prior, steps = photo_prior(ctx, "photos-whole")
     photos = sorted(load_photos("test")[::LOSSY_EVERY], key=lambda p: p.image.size)[: ctx.num]
     torch.set_num_threads(THREADS)
     ctx.log(f"photos-whole: {[p.name for p in photos]}, prior {prior.digest[:12]}, {steps} steps")
