@@ -258,7 +258,10 @@ def _plot(ctx, body) -> None:
 
 
 def _strip(ctx, params) -> None:
-    """Image ``strip_index`` decoded from the prefixes a file stopped at six steps would be."""
+    """Image ``strip_index`` decoded from the prefixes a file stopped at five steps would be, then the exact
+    file ``diffcodec encode`` writes with these parameters (its default end: the cheapest state)."""
+    from diffcodec.coding.progressive import Target
+
     i = ctx.strip_index
     image = ctx.images[i]
     full = encode(ctx.prior, image, dataclasses.replace(params, finish="end"))
@@ -266,10 +269,8 @@ def _strip(ctx, params) -> None:
     picks = [visited[int(round(j))] for j in np.linspace(0, len(visited) - 1, 6)]
     sizes, decoded = [], []
     for rec in picks:
-        from diffcodec.coding.progressive import Target
-
         if rec.n == params.steps:
-            data = full.data
+            data = encode(ctx.prior, image, params).data
         else:
             data = encode(ctx.prior, image, params, Target(max_bytes=rec.file_bytes)).data
         sizes.append(len(data))
