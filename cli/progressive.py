@@ -157,7 +157,9 @@ def _report(rec: dict, dims: int) -> None:
 
 
 def _spread(n: int, k: int):
-    return [i * (n - 1) / max(k - 1, 1) for i in range(min(n, k))]
+    """min(n, k) positions spread evenly over 0..n−1, first and last included."""
+    m = min(n, k)
+    return [i * (n - 1) / max(m - 1, 1) for i in range(m)]
 
 
 @click.command(name="decode")
@@ -187,17 +189,18 @@ def decode_cmd(file, out, upto, prefix_bytes, all_dir, recon, force, prior_path,
     from diffcodec.files import check_output_file, check_output_folder
     from diffcodec.images import write_image
 
+    from diffcodec.coding import progressive_file as pf
+
+    blob = Path(file).read_bytes()
+    if prefix_bytes is not None:
+        blob = blob[:prefix_bytes]
+    header = pf.unpack(blob)[0]  # not a progressive file: say so before anything about the output
     target = check_output_file(out if out is not None else Path(file).with_suffix(".png").name)
     if not force:
         _refuse_existing(target)
     if all_dir is not None:
         check_output_folder(all_dir, [], overwrite=force)
-    blob = Path(file).read_bytes()
-    if prefix_bytes is not None:
-        blob = blob[:prefix_bytes]
-    from diffcodec.coding import progressive_file as pf
-
-    prior, _ = open_prior(prior_path, device, file_matches=pf.unpack(blob)[0].matches_prior, quiet=as_json)
+    prior, _ = open_prior(prior_path, device, file_matches=header.matches_prior, quiet=as_json)
     res = decode(prior, blob, steps=upto, keep_intermediates=all_dir is not None, recon=recon, progress=not as_json,
                  engine=engine)
     if all_dir is not None:

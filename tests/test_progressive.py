@@ -291,8 +291,15 @@ def test_cli_encode_decode_round_trip_and_errors(prior, tmp_path):
         r = runner.invoke(main, ["decode", str(bad), "-o", str(tmp_path / "bad.png"), *common])
         assert r.exit_code == 1 and msg in r.output and len(r.output.strip().splitlines()) == 1
         assert not (tmp_path / "bad.png").exists()
+    r = runner.invoke(main, ["decode", str(tmp_path / "img.png"), "-o", str(tmp_path / "img.png"), *common])
+    assert r.exit_code == 1 and "bad magic" in r.output  # the input is judged before the output's existence
     r = runner.invoke(main, ["encode", str(tmp_path / "img.png"), "--psnr", "30", "--bytes", "9", *common])
     assert r.exit_code != 0 and "at most one" in r.output
+    r = runner.invoke(main, ["encode", str(tmp_path / "img.png"), "-o", str(tmp_path / "text.dcp"), "--steps", "6",
+                             "--chunk-bits", "6", "--margin", "3", *common])
+    rows = [line.split() for line in r.output.splitlines() if line.strip()[:1].isdigit()]
+    in_file = [s["n"] for s in rec["steps"] if s["in_file"]]
+    assert [int(row[0]) for row in rows] == in_file and rows[-1][-1] == "exact"  # fewer than 12: every one shown
 
 
 def test_embedded_prior_round_trip_and_psnr_target(one_thread):
