@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from diffcodec.checkpoint import load_prior, save_prior
-from diffcodec.coding import arith, progressive, progressive_file, progressive_finish, rcc
+from diffcodec.coding import arith, container, progressive, progressive_file, progressive_finish, rcc
 from diffcodec.coding.arith import ArithmeticDecoder, ArithmeticEncoder, FrequencyTable, OutOfBits
 from diffcodec.coding.progressive import ProgressiveParams, Target, decode, encode
 from diffcodec_cli.main import main
@@ -224,6 +224,8 @@ def test_bad_files_fail_with_one_line_errors(prior):
         decode(prior, b"PNG not a progressive file")
     with pytest.raises(ValueError, match="diffcodec decompress"):
         decode(prior, b"DCL\x02" + b"\0" * 40)
+    with pytest.raises(ValueError, match="diffcodec decode"):  # and the other way round
+        container.unpack(data)
     h, body, _ = progressive_file.unpack(data)
     on_cuda = progressive_file.pack(progressive_file.replace(h, cuda=True), body, np.zeros((1, 8, 8), np.uint8))
     with pytest.raises(ValueError, match="encoded on CUDA"):

@@ -266,6 +266,8 @@ def varint_fields(values: dict, boot, ramp, payload_words: int, names_kind: int,
 
 def unpack(blob: bytes) -> tuple[Header, np.ndarray]:
     """File bytes → (Header, payload uint32 words); ValueError for anything but an intact file."""
+    if blob[:2] == b"DP":  # coding.progressive_file's magic
+        raise ValueError("this is a progressive file from `diffcodec encode`; decode it with `diffcodec decode`")
     if len(blob) < 4 or blob[:3] != MAGIC:
         raise ValueError("not a diffcodec compressed file (bad magic)")
     if blob[3] not in READABLE_VERSIONS:
