@@ -6,7 +6,8 @@ on the test split of the prepared photo corpus (``python -m diffcodec.photos pre
 - **lossless, whole photos**: bytes of PNG (optimize), WebP lossless (method 6) and JPEG XL lossless
   (effort 10) per photo, every file decoded and checked; diffcodec's variational bound of the whole
   photo (the network sees the photo whole; 100 front-spaced steps, exact sum over steps) and of the
-  same photo as the 64-px tiles ``compress`` chains (what tiling costs); the real ``compress`` file of
+  same photo as the tiles ``compress`` chains (about 64 px, just covering the photo:
+  coding.lossless.lossless_tile; what tiling costs); the real ``compress`` file of
   each photo alone (header, classic seed and chain: everything); the first photo's file is decoded
   back and checked bit-exact (tests/test_photo_prior.py checks exactness on small images).
   Means over photos are of per-photo bits/dim.
@@ -107,7 +108,7 @@ def lossless_part(ctx, prior, photos, steps: int) -> dict:
                 raise RuntimeError(f"{p.name}: compress/decompress is not exact")
             row["decoded_exact"] = True
         row.update(compress=8 * len(blob) / dims, compress_bytes=len(blob), tiles=stats.num_tiles,
-                   classic_tiles=stats.bootstrap_tiles, tile=tile, engine=engine.value)
+                   classic_tiles=stats.bootstrap_tiles, tile=list(tile), engine=engine.value)
         rows.append(row)
         ctx.log(f"  {p.name} {image.shape[2]}x{image.shape[1]}: " + ", ".join(
             f"{k} {row[k]:.3f}" for k in (*LOSSLESS_KEYS, "vlb_whole", "vlb_tiles", "compress") if k in row))

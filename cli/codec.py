@@ -46,7 +46,7 @@ def compress_record(prior, images, stats, params, out: str, blob_bytes: int, wit
 
     dims = stats.num_images * stats.dims_per_image
     tile = lossless_tile(prior, *images.shape[2:])
-    tile_dims = prior.image_shape[0] * tile**2
+    tile_dims = prior.image_shape[0] * tile[0] * tile[1]
     boot = stats.bootstrap_tiles
     chained = stats.num_tiles - boot
     rec = {

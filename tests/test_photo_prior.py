@@ -13,6 +13,7 @@ from PIL import Image
 from diffcodec_cli.main import main as cli
 from diffcodec import checkpoint
 from diffcodec.checkpoint import load_prior, save_prior
+from diffcodec.coding import container, lossless
 from diffcodec.coding.lossless import CodecParams, compress, decompress, lossless_tile
 from diffcodec.coding.progressive import ProgressiveParams, decode, encode
 from diffcodec.prior import PriorConfig
@@ -114,7 +115,7 @@ def test_cli_trains_a_colour_prior_on_crops_that_loads_and_codes(tmp_path):
 
 def test_colour_odd_sized_images_round_trip_whole(photo_prior, one_thread):
     images = np.stack([photos()[0], photos(1)[0]])  # two 12x20 colour images
-    assert lossless_tile(photo_prior, 12, 20) == 20  # an image below the tile size is one tile
+    assert lossless_tile(photo_prior, 12, 20) == (12, 20)  # an image below the tile size is one tile, unpadded
     blob, stats = compress(photo_prior, images, ["a.png", "b.png"], CodecParams(steps=4))
     assert stats.num_tiles == 2
     out, names, _ = decompress(photo_prior, blob)
@@ -126,6 +127,31 @@ def test_colour_odd_sized_images_round_trip_whole(photo_prior, one_thread):
         assert res.data == encode(photo_prior, image, ProgressiveParams(steps=4)).data  # deterministic
         partial = decode(photo_prior, res.data[: len(res.data) // 2])
         assert partial.image.shape == image.shape and not partial.complete
+
+
+def test_tiles_of_an_any_size_prior_just_cover_the_image(photo_prior):
+    for h, w in [(256, 341), (130, 70), (64, 64), (65, 129), (1, 500), (410, 256)]:
+        a, b = lossless_tile(photo_prior, h, w)
+        rows, cols = -(-h // 64), -(-w // 64)  # the nominal 64-px grid's tile count is kept
+        assert a <= 64 and b <= 64 and -(-h // a) == rows and -(-w // b) == cols
+        assert rows * a - h < rows and cols * b - w < cols  # less than a pixel of padding per tile
+    assert lossless_tile(photo_prior, 256, 341) == (64, 57)  # versions 3-4: 64x64 squares, 43 padded columns
+    assert lossless_tile(photo_prior, 256, 341, version=4) == (64, 64)
+    assert lossless_tile(make_tiny_prior(), 30, 11) == (8, 8)  # a fixed-size prior keeps its own square
+
+
+def test_rectangular_tiles_and_version_4_files_round_trip(photo_prior, one_thread, monkeypatch):
+    monkeypatch.setattr(lossless, "LOSSLESS_TILE", 8)  # 12x20 images in 2 x 3 tiles of 6x7
+    images = np.stack([photos()[0], photos(1)[0]])
+    assert lossless_tile(photo_prior, 12, 20) == (6, 7)
+    blob, stats = compress(photo_prior, images, ["a.png", "b.png"], CodecParams(steps=3))
+    assert stats.num_tiles == 12 and container.unpack(blob)[0].version == 5
+    assert np.array_equal(decompress(photo_prior, blob)[0], images)
+    with monkeypatch.context() as m:  # a file as version 4 wrote it: 8x8 squares, padded to 16x24
+        m.setattr(lossless, "VERSION", 4)
+        old, old_stats = compress(photo_prior, images, ["a.png", "b.png"], CodecParams(steps=3))
+    assert old[3] == 4 and old_stats.num_tiles == 12
+    assert np.array_equal(decompress(photo_prior, old)[0], images)
 
 
 def test_grayscale_prior_refuses_colour_and_colour_prior_refuses_grayscale(photo_prior):

@@ -4,9 +4,10 @@ A 28×28 image costs a few hundred bytes, so the header is kept small: fixed-wid
 they must be (magic, version, digest, hashes), every count an unsigned LEB128 varint (one byte below
 128, two below 16,384). Layout::
 
-    magic b"DCL" (3) · format version 4 (1) · prior digest, first 8 bytes of its SHA-256 (8)
+    magic b"DCL" (3) · format version 5 (1) · prior digest, first 8 bytes of its SHA-256 (8)
     varints: steps K, spacing (0 even, 1 front), grid G in eighths, threads, largest batch,
-             images N, channels C, height H, width W, tile size (the prior's), seed words (incl. seal),
+             images N, channels C, height H, width W, tile T (the prior's size; for an any-size
+             prior the nominal tile, coding.lossless.lossless_tile), seed words (incl. seal),
              engine (0 float32, 1 onnxruntime: :data:`ENGINES`, the network engine both sides run),
              number B of classic (bootstrap) tiles and for each its codec (1 WebP lossless as a bare
              VP8L stream, 2 PNG) and byte length (coding.bootstrap), number R of ramp batch sizes
@@ -18,8 +19,9 @@ they must be (magic, version, digest, hashes), every count an unsigned LEB128 va
 The CRC covers the whole file, so any truncation or flipped bit is caught before decoding; the
 content hash (coding.lossless.content_hash: shape, names, pixels) catches a decoder that
 desynchronized (another prior under the same digest prefix, other float arithmetic) and a file whose
-names were changed, CRC and all. Version 3 files (before the engine field) are still read: they were
-all coded by float32 eager, which is what their missing field means. Stack order of the payload: see coding.bitsback (one Bit-Swap chain
+names were changed, CRC and all. Versions 3 and 4 are still read: version 3 files (before the engine
+field) were all coded by float32 eager, which is what their missing field means; versions 3–4 cut
+images for an any-size prior into padded squares, version 5 into tiles that just cover them. Stack order of the payload: see coding.bitsback (one Bit-Swap chain
 per batch of tiles, batches pushed in order and popped in reverse).
 
 A file is a decoder's input from anywhere, so :func:`unpack` checks every field against its legal
@@ -56,8 +58,8 @@ from .bootstrap import MAX_BOOT_TILES
 from .varint import encode_varint
 
 MAGIC = b"DCL"
-VERSION = 4  # 4: the engine field; 3: names inside the content hash, every field range-checked (2 hashed the pixels alone)
-READABLE_VERSIONS = (3, 4)  # a version 3 file has no engine field: float32
+VERSION = 5  # 5: an any-size prior's tiles just cover the image; 4: the engine field; 3: names inside the content hash, every field range-checked (2 hashed the pixels alone)
+READABLE_VERSIONS = (3, 4, 5)  # a version 3 file has no engine field: float32
 ENGINES = CODING_ENGINES  # the engine field's codes (defaults.CODING_ENGINES, append only)
 DIGEST_BYTES = 8
 HASH_BYTES = 8
@@ -90,7 +92,7 @@ class Header:
     channels: int
     height: int
     width: int
-    tile: int  # the prior's image size; images are coded as tiles of tile×tile
+    tile: int  # the prior's image size, or an any-size prior's nominal tile (coding.lossless.lossless_tile)
     seed_words: int  # words under the chains: bootstrap, pseudo-random top-up, seal
     pixel_hash: bytes  # HASH_BYTES bytes
     boot: tuple[tuple[int, int], ...]  # (codec, byte length) of each classic tile 0..B−1 at the bottom of the seed
@@ -98,6 +100,7 @@ class Header:
     ramp: tuple[int, ...] = ()  # sizes of the first batches; the rest are max_batch (coding.lossless.batch_sizes)
     engine: int = 0  # the network engine, ENGINES[engine]
     payload_words: int = field(default=0, compare=False)  # filled in by unpack
+    version: int = field(default=VERSION, compare=False)  # the file's format version, filled in by unpack
 
     def __post_init__(self):
         object.__setattr__(self, "prior_digest", self.prior_digest[: 2 * DIGEST_BYTES])
@@ -250,7 +253,9 @@ def pack(header: Header, payload: np.ndarray) -> bytes:
         raise ValueError(f"a file starts with 1..{MAX_BOOT_TILES} bootstrap tiles, got {len(header.boot)}")
     kind, body = _encode_names(header.names)
     values = {f: getattr(header, f) for f in _VARINT_FIELDS}
-    out = MAGIC + bytes([VERSION]) + bytes.fromhex(header.prior_digest)[:DIGEST_BYTES]
+    if not 4 <= header.version <= VERSION:  # version 3 had no engine field
+        raise ValueError(f"cannot write file version {header.version}")
+    out = MAGIC + bytes([header.version]) + bytes.fromhex(header.prior_digest)[:DIGEST_BYTES]
     out += varint_fields(values, header.boot, header.ramp, len(payload), kind, len(body))
     out += body + header.pixel_hash + payload.tobytes()
     return out + struct.pack("<I", zlib.crc32(out))
@@ -302,7 +307,7 @@ def unpack(blob: bytes) -> tuple[Header, np.ndarray]:
     pixel_hash = r.take(HASH_BYTES)
     data = r.take(4 * payload_words)
     header = Header(prior_digest=digest.hex(), **values, pixel_hash=pixel_hash, boot=boot, names=names, ramp=ramp,
-                    payload_words=payload_words)
+                    payload_words=payload_words, version=blob[3])
     return header, np.frombuffer(data, dtype="<u4").astype(np.uint32)
 
 
