@@ -23,6 +23,8 @@ Stages (``all`` runs them in this order, all but ``engines``; later stages reuse
             --prior defaults to the embedded photo prior)
   photos-whole  the photos' lossy comparison on whole photos instead of crops → photos_whole.json
             (issue #14; only when named; about 10-16 minutes per photo, --num N takes the N smallest)
+  photos-lossless, photos-timing  recompute only that part of photos.json (same prior and steps),
+            keeping the others; each part records its provenance (only when named)
 
 Examples:
 
@@ -41,15 +43,16 @@ from .context import Context
 from .provenance import RESULTS
 
 STAGES = ("classic", "ideal", "progressive", "rd", "lossless", "terms", "strip", "timing")
-ON_REQUEST = ("engines", "photos", "photos-whole")  # machine benchmarks that compile and take minutes whatever --quick says: not in ``all``
-MODULES = {"classic": "classic", "ideal": "ideal", "progressive": "progressive", "rd": "rd", "lossless": "lossless_table", "terms": "timestep_terms", "strip": "strip", "timing": "timing", "engines": "engines", "photos": "photos", "photos-whole": "photos_whole"}
+ON_REQUEST = ("engines", "photos", "photos-whole", "photos-lossless", "photos-timing")  # machine benchmarks that compile and take minutes whatever --quick says: not in ``all``
+MODULES = {"classic": "classic", "ideal": "ideal", "progressive": "progressive", "rd": "rd", "lossless": "lossless_table", "terms": "timestep_terms", "strip": "strip", "timing": "timing", "engines": "engines", "photos": "photos", "photos-whole": "photos_whole",
+           "photos-lossless": "photos:stage_lossless", "photos-timing": "photos:stage_timing"}  # module[:function], default stage
 QUICK_NUM = 100
 
 
 def run_stage(name: str, ctx: Context) -> dict:
-    module = importlib.import_module(f"bench.{MODULES[name]}")
+    module, _, function = MODULES[name].partition(":")
     ctx.log(f"stage {name}")
-    return module.stage(ctx)
+    return getattr(importlib.import_module(f"bench.{module}"), function or "stage")(ctx)
 
 
 def parse(argv=None) -> tuple[list[str], Context]:

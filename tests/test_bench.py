@@ -18,7 +18,7 @@ from bench.rd import progressive_curve
 from bench.strip import IDEAL_SOURCE, STRIP_NPZ
 from diffcodec.checkpoint import save_prior
 
-from .conftest import make_tiny_prior
+from .conftest import make_tiny_photo_prior, make_tiny_prior
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -216,3 +216,27 @@ def test_photos_bench_parts_on_a_tiny_colour_prior(tmp_path, one_thread):
     rates, quality = lossy["curves"]["diffcodec"][0]
     assert len(rates) == len(quality) >= 2 and rates == sorted(rates)  # every prefix a point, growing
     assert bp.centre_crop(shots[1].image, 10).shape == (3, 10, 10)
+
+
+def test_every_stage_name_resolves_to_a_function():
+    import importlib
+
+    from bench.__main__ import MODULES, ON_REQUEST, STAGES
+
+    assert set(MODULES) == set(STAGES) | set(ON_REQUEST)
+    for target in MODULES.values():
+        module, _, function = target.partition(":")
+        assert callable(getattr(importlib.import_module(f"bench.{module}"), function or "stage"))
+
+
+def test_refreshing_a_photos_part_needs_a_matching_photos_json(tmp_path):
+    from bench.context import Context
+    from bench.photos import refresh
+
+    ctx = Context(out=tmp_path, prior_path=str(tmp_path / "p.safetensors"), verbose=False)
+    save_prior(make_tiny_photo_prior(), tmp_path / "p.safetensors")
+    with pytest.raises(ValueError, match="run `python -m bench photos`"):
+        refresh(ctx, "lossless")
+    (tmp_path / "photos.json").write_text(json.dumps({"prior_digest": "ab" * 32, "steps": 20}))
+    with pytest.raises(ValueError, match="another prior"):
+        refresh(ctx, "timing")
