@@ -165,7 +165,7 @@ def plot(body: dict, path: Path) -> None:
     axes[1].set_yticks(range(len(labels)), [f"{n} ({body['minutes']:g} min)" if n in body["runs"] else n for n in labels],
                        fontsize=8)
     axes[1].set_xlim(min(vals) - 0.3, max(vals) + 0.2)
-    axes[1].set_xlabel("bits/dim on the common set (16 fixed 64-px crops of the held-out photos)")
+    axes[1].set_xlabel("bits/dim, common set (16 fixed 64-px held-out crops)")
     axes[1].invert_yaxis()
     axes[1].grid(alpha=0.3, axis="x")
     fig.suptitle(f"Photo prior configurations, {body['minutes']:g} minutes of training each (bf16, 2 threads)")
