@@ -185,11 +185,10 @@ def decode_cmd(file, out, upto, prefix_bytes, all_dir, recon, force, prior_path,
     """
     if not Path(file).is_file():
         raise ValueError(f"{file}: no such file")
+    from diffcodec.coding import progressive_file as pf
     from diffcodec.coding.progressive import decode
     from diffcodec.files import check_output_file, check_output_folder
     from diffcodec.images import write_image
-
-    from diffcodec.coding import progressive_file as pf
 
     blob = Path(file).read_bytes()
     if prefix_bytes is not None:
