@@ -16,15 +16,16 @@ from .common import (auto_names, coding_engine_option, decoding_engine_option, d
 
 def tile_vlb_bits(prior, tiles, schedule, threads: int, seed: int = 0, engine: Engine = Engine.FLOAT32):
     """[n] float64 VLB of each tile in bits (terms.compute_terms at the codec's steps, through the
-    codec's engine, pinned to the codec's thread count)."""
+    codec's engine, pinned to the codec's thread count; the coder's own view of the prior, so its ONNX
+    session is the coder's)."""
     import torch
 
     from diffcodec.coding.lossless import pinned_threads
-    from diffcodec.engines import with_engine
+    from diffcodec.engines import coding_view
     from diffcodec.terms import compute_terms
 
     with pinned_threads(threads):
-        terms = compute_terms(with_engine(prior, engine, threads), tiles, schedule, torch.Generator().manual_seed(seed))
+        terms = compute_terms(coding_view(prior, engine, threads), tiles, schedule, torch.Generator().manual_seed(seed))
     return (terms.total_nats / math.log(2)).double().numpy()
 
 

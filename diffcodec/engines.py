@@ -14,8 +14,9 @@ in the file, and the decoder runs the same one.
 - CHANNELS_LAST / BF16_CHANNELS_LAST: a copy of the network with NHWC weights, inputs made NHWC.
 - COMPILE / COMPILE_BF16: ``torch.compile`` (inductor), one graph per input shape
   (``dynamic=False``); the first call at a new batch size compiles (seconds to minutes).
-- ONNXRUNTIME: the network exported to ONNX in memory and run by ONNX Runtime's CPU provider in
-  float32 (``pip install 'diffcodec[fast]'``).
+- ONNXRUNTIME: the network exported to ONNX and run by ONNX Runtime's CPU provider in float32
+  (``pip install 'diffcodec[fast]'``). The commands keep a loaded prior's exported graph on disk
+  (:func:`onnx_graph`), so only the first command after an install or a new prior pays the export.
 - MIXED: bf16 autocast for the inputs whose timestep is above T/100, float32 (ONNX Runtime where
   installed, else eager) for the rest and for calls too small for bf16 to pay (:class:`MixedNet`);
   AUTO's choice on CPU. bf16's round-off costs bits only near t = 0 (defaults.MIXED_FLOAT32_FRACTION).
@@ -29,10 +30,15 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
+import importlib.metadata
 import importlib.util
 import io
+import os
+import sys
 import warnings
 import weakref
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -70,37 +76,121 @@ class EngineNet(nn.Module):
 
 
 class OnnxRuntimeNet(nn.Module):
-    """``net`` exported to ONNX (in memory, TorchScript exporter, opset 17, batch axis dynamic, and the
-    spatial axes for an any-size network) and run
-    by ONNX Runtime's CPU provider in float32 with ``threads`` intra-op threads (1 by default: nll's
-    workers call it side by side; the coders pass the thread count their file records). ``inner`` keeps
-    the torch network, so parameters and device are the original's.
+    """``net`` exported to ONNX (:func:`export_onnx`; kept on disk when ``digest`` is the digest of
+    the prior whose network it is, :func:`onnx_graph`) and run by ONNX Runtime's CPU provider in float32
+    with ``threads`` intra-op threads (1 by default: nll's workers call it side by side; the coders pass
+    the thread count their file records). ``inner`` keeps the torch network, so parameters and device
+    are the original's.
     """
 
-    def __init__(self, net: nn.Module, image_shape: tuple[int, ...], threads: int = 1, any_size: bool = False):
+    def __init__(self, net: nn.Module, image_shape: tuple[int, ...], threads: int = 1, any_size: bool = False,
+                 digest: str | None = None):
         super().__init__()
-        space = {2: "h", 3: "w"} if any_size else {}  # fixed for the other priors: their graphs stay as measured
         if not onnxruntime_available():
             raise ValueError(_NO_ONNXRUNTIME)
         import onnxruntime as ort
 
-        self.inner, buf, was_training = net, io.BytesIO(), net.training
-        net.eval()
-        try:
-            with warnings.catch_warnings():  # the TorchScript exporter's deprecation and tracer notes
-                warnings.simplefilter("ignore")
-                torch.onnx.export(net, (torch.zeros((1, *image_shape)), torch.ones(1)), buf, dynamo=False, opset_version=17,
-                                  input_names=["x", "t"], output_names=["out"],
-                                  dynamic_axes={"x": {0: "n", **space}, "t": {0: "n"}, "out": {0: "n", **space}})
-        finally:
-            net.train(was_training)
+        self.inner = net
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-        self._session = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+        self._session = ort.InferenceSession(onnx_graph(net, image_shape, any_size, digest), opts,
+                                             providers=["CPUExecutionProvider"])
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         feeds = {"x": x.detach().float().contiguous().numpy(), "t": t.detach().float().contiguous().numpy()}
         return torch.from_numpy(self._session.run(None, feeds)[0])
+
+
+ONNX_OPSET = 17
+ONNX_CACHE_ENV = "DIFFCODEC_ONNX_CACHE"
+ONNX_CACHE_KEEP = 8  # graphs kept in the cache folder (the least recently used go first)
+_GRAPH_TAG = b"diffcodec-onnx-graph-1"
+
+
+def export_onnx(net: nn.Module, image_shape: tuple[int, ...], any_size: bool = False) -> bytes:
+    """``net`` as an ONNX graph (TorchScript exporter, opset 17, inputs x and t, output out; the batch
+    axis dynamic, and the spatial axes for an any-size network). The same network, torch version and
+    code give the same bytes in every process (checked: tests/test_engines.py)."""
+    space = {2: "h", 3: "w"} if any_size else {}  # fixed for the other priors: their graphs stay as measured
+    buf, was_training = io.BytesIO(), net.training
+    net.eval()
+    try:
+        with warnings.catch_warnings():  # the TorchScript exporter's deprecation and tracer notes
+            warnings.simplefilter("ignore")
+            torch.onnx.export(net, (torch.zeros((1, *image_shape)), torch.ones(1)), buf, dynamo=False,
+                              opset_version=ONNX_OPSET, input_names=["x", "t"], output_names=["out"],
+                              dynamic_axes={"x": {0: "n", **space}, "t": {0: "n"}, "out": {0: "n", **space}})
+    finally:
+        net.train(was_training)
+    return buf.getvalue()
+
+
+def onnx_cache_dir() -> Path | None:
+    """Where exported graphs are kept: ``$DIFFCODEC_ONNX_CACHE``, or ``~/.cache/diffcodec/onnx``; None
+    (no cache) when the variable is ``off``."""
+    env = os.environ.get(ONNX_CACHE_ENV)
+    if env is not None and env.strip().lower() == "off":
+        return None
+    return Path(env) if env else Path.home() / ".cache" / "diffcodec" / "onnx"
+
+
+def _code_digest(net: nn.Module) -> bytes:
+    """BLAKE2b of the source files that define the network's modules (outside torch) and of this file:
+    what, beside the weights and torch's version, decides the exported graph."""
+    files = {__file__}
+    for module in net.modules():
+        name = type(module).__module__
+        if not name.startswith("torch."):
+            files.add(getattr(sys.modules.get(name), "__file__", None) or name)
+    h = hashlib.blake2b(digest_size=32)
+    for path in sorted(files):
+        h.update(path.encode() + b"\0")
+        try:
+            h.update(Path(path).read_bytes())
+        except OSError:
+            h.update(b"?")
+    return h.digest()
+
+
+def _package_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "-"
+
+
+def onnx_graph(net: nn.Module, image_shape: tuple[int, ...], any_size: bool = False, digest: str | None = None) -> bytes:
+    """:func:`export_onnx`, kept in :func:`onnx_cache_dir` when ``digest`` is given (the digest of the
+    prior whose network ``net`` is, checked by the caller: :func:`with_engine`). The file name is a
+    hash of everything that decides the graph (digest, shape, torch and onnx versions, opset, the
+    network's source code), the file holds a BLAKE2b of the graph before it, and a file that does not
+    match is exported anew; a cache that cannot be read or written is skipped. Loading a graph runs no
+    code: ONNX Runtime reads operators and weights."""
+    folder = onnx_cache_dir() if digest else None
+    if folder is None:
+        return export_onnx(net, image_shape, any_size)
+    key = hashlib.blake2b(b"\0".join([_GRAPH_TAG, digest.encode(), repr((tuple(image_shape), bool(any_size))).encode(),
+                                      torch.__version__.encode(), _package_version("onnx").encode(),
+                                      str(ONNX_OPSET).encode(), _code_digest(net)]), digest_size=20).hexdigest()
+    path = folder / f"{key}.onnx"
+    try:
+        data = path.read_bytes()
+        if len(data) > 32 and hashlib.blake2b(data[32:], digest_size=32).digest() == data[:32]:
+            os.utime(path)  # recently used
+            return data[32:]
+    except OSError:
+        pass
+    graph = export_onnx(net, image_shape, any_size)
+    try:
+        from .files import atomic_write
+
+        atomic_write(path, hashlib.blake2b(graph, digest_size=32).digest() + graph)
+        kept = sorted(folder.glob("*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in kept[ONNX_CACHE_KEEP:]:
+            old.unlink(missing_ok=True)
+    except (OSError, ValueError):  # a read-only or full disk: run without the cache
+        pass
+    return graph
 
 
 class MixedNet(nn.Module):
@@ -113,12 +203,13 @@ class MixedNet(nn.Module):
     """
 
     def __init__(self, net: nn.Module, image_shape: tuple[int, ...], float32_upto: float, threads: int = 1,
-                 any_size: bool = False, min_bf16_batch: int = MIXED_MIN_BF16_BATCH):
+                 any_size: bool = False, min_bf16_batch: int = MIXED_MIN_BF16_BATCH, digest: str | None = None):
         super().__init__()
         self.inner = net
         self.fast = EngineNet(net, Engine.BF16)
         on_cpu = next(net.parameters(), torch.empty(0)).device.type == "cpu"
-        self.exact = OnnxRuntimeNet(net, image_shape, threads, any_size) if on_cpu and onnxruntime_available() else net
+        self.exact = (OnnxRuntimeNet(net, image_shape, threads, any_size, digest) if on_cpu and onnxruntime_available()
+                      else net)
         self.float32_upto, self.min_bf16_batch = float(float32_upto), int(min_bf16_batch)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -243,23 +334,36 @@ def with_net(prior: Prior, net: nn.Module) -> Prior:
     return view.train(prior.training)
 
 
-def with_engine(prior: Prior, engine: Engine | str, threads: int = 1) -> Prior:
+def with_engine(prior: Prior, engine: Engine | str, threads: int = 1, cache: bool = False) -> Prior:
     """A view of ``prior`` whose network runs through ``engine`` (FLOAT32: ``prior`` itself; AUTO:
     :func:`resolve_engine` on the prior's device); ``threads``: ONNX Runtime's intra-op threads (torch
-    engines run on torch's current thread count). Raises ValueError for an unknown engine name.
+    engines run on torch's current thread count). ``cache``: keep the ONNX export on disk
+    (:func:`onnx_graph`) when the prior's weights are those of its digest (a prior loaded from a file;
+    not the trainer's, whose weights move). Raises ValueError for an unknown engine name.
     """
     device = next(prior.parameters(), torch.empty(0)).device
     engine = resolve_engine(engine, device)
     if engine is Engine.FLOAT32:
         return prior
+    digest = prior.digest if cache and engine in (Engine.ONNXRUNTIME, Engine.MIXED) and _digest_holds(prior) else None
     if engine is Engine.ONNXRUNTIME:
         if device.type != "cpu":
             raise ValueError(f"engine onnxruntime runs on the CPU; the prior is on {device} (use --device cpu)")
-        return with_net(prior, OnnxRuntimeNet(prior.net, prior.image_shape, threads, prior.any_size))
+        return with_net(prior, OnnxRuntimeNet(prior.net, prior.image_shape, threads, prior.any_size, digest))
     if engine is Engine.MIXED:
         return with_net(prior, MixedNet(prior.net, prior.image_shape, mixed_float32_upto(prior.config.num_timesteps),
-                                        threads, prior.any_size))
+                                        threads, prior.any_size, digest=digest))
     return with_net(prior, EngineNet(prior.net, engine))
+
+
+def _digest_holds(prior: Prior) -> bool:
+    """Whether ``prior.digest`` is the digest of its configuration and present weights."""
+    if not prior.digest:
+        return False
+    from .checkpoint import prior_digest
+
+    state = {k: v.detach().cpu().float() for k, v in prior.net.state_dict().items()}
+    return prior_digest(prior.config, state) == prior.digest
 
 
 _CODING_VIEWS: "weakref.WeakKeyDictionary[Prior, dict]" = weakref.WeakKeyDictionary()
@@ -267,10 +371,11 @@ _CODING_VIEWS: "weakref.WeakKeyDictionary[Prior, dict]" = weakref.WeakKeyDiction
 
 def coding_view(prior: Prior, engine: Engine, threads: int) -> Prior:
     """:func:`with_engine` made once per (prior, engine, threads) and kept while the prior lives: the
-    progressive coder codes one image per call, and an ONNX export costs about a second. For priors
-    that no longer change (loaded for coding): the ONNX graph is a snapshot of the weights."""
+    progressive coder codes one image per call, and an ONNX export costs about a second (kept on disk
+    across processes: :func:`onnx_graph`). For priors that no longer change (loaded for coding): the
+    ONNX graph is a snapshot of the weights."""
     views = _CODING_VIEWS.setdefault(prior, {})
     key = (Engine(engine), threads)
     if key not in views:
-        views[key] = with_engine(prior, engine, threads)
+        views[key] = with_engine(prior, engine, threads, cache=True)
     return views[key]

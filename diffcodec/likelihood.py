@@ -354,7 +354,7 @@ def evaluate_nll(
     # 256×256 photo at once took 8.9 GB); the exact estimator's figures do not depend on the grouping
     pairs_per_call = max(1, pairs_per_call * prior.num_dims // max(pixels[0].numel(), prior.num_dims))
     engine = resolve_engine(engine, device)
-    prior = with_engine(prior, engine)
+    prior = with_engine(prior, engine, cache=True)
 
     def run(group: int) -> _Batch:
         chunk = pixels[group * batch : (group + 1) * batch].to(device)

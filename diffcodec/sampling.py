@@ -33,7 +33,7 @@ def sample(
     if num < 1:
         raise ValueError(f"number of samples must be >= 1, got {num}")
     schedule = schedule if schedule is not None else prior.base_schedule
-    prior = with_engine(prior, engine, threads=torch.get_num_threads())
+    prior = with_engine(prior, engine, threads=torch.get_num_threads(), cache=True)
     device = next(prior.parameters()).device
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     c, h, w = prior.image_shape

@@ -42,6 +42,24 @@ def make_tiny_photo_prior(T: int = 20, seed: int = 0) -> Prior:
     return prior.eval()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def onnx_cache(tmp_path_factory):
+    """The commands keep exported ONNX graphs on disk (engines.onnx_graph): here in a folder of the
+    test session's own, not the user's ~/.cache."""
+    import os
+
+    from diffcodec.engines import ONNX_CACHE_ENV
+
+    folder = tmp_path_factory.mktemp("onnx-cache")
+    before = os.environ.get(ONNX_CACHE_ENV)
+    os.environ[ONNX_CACHE_ENV] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop(ONNX_CACHE_ENV, None)
+    else:
+        os.environ[ONNX_CACHE_ENV] = before
+
+
 @pytest.fixture
 def one_thread():
     """Tiny nets gain nothing from threads, and on a busy 2-core machine OpenMP barriers make every op wait."""

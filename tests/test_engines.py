@@ -133,3 +133,66 @@ def test_cuda_engines_run_and_stay_near_float32(engine):
     images = random_images(3).numpy()
     blob, _ = compress(prior, images, ["a.png", "b.png", "c.png"], CodecParams(steps=4))
     assert np.array_equal(decompress(prior, blob)[0], images)
+
+
+def _ort_out(prior, x, t):
+    with torch.no_grad():
+        return prior.net(x, t)
+
+
+@pytest.mark.skipif(not engines.onnxruntime_available(), reason="needs onnxruntime")
+def test_onnx_graph_cache(tmp_path, monkeypatch):
+    """A loaded prior's exported graph is kept on disk and read back by the next command: the same
+    outputs as a fresh export; a damaged file, a prior whose weights moved away from its digest,
+    ``off`` and cache=False all export anew (or write nothing)."""
+    from diffcodec.checkpoint import load_prior
+
+    folder = tmp_path / "cache"
+    monkeypatch.setenv(engines.ONNX_CACHE_ENV, str(folder))
+    save_prior(make_tiny_prior(), tmp_path / "p.safetensors")
+    prior = load_prior(tmp_path / "p.safetensors")
+    x, t = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([1.0, 7.0, 19.0])
+    fresh = _ort_out(engines.with_engine(prior, "onnxruntime"), x, t)
+    assert not folder.exists()  # cache=False (the default): nothing kept
+    exports = []
+    real_export = engines.export_onnx
+    monkeypatch.setattr(engines, "export_onnx", lambda *a: exports.append(1) or real_export(*a))
+    first = _ort_out(engines.with_engine(prior, "onnxruntime", cache=True), x, t)
+    files = list(folder.glob("*.onnx"))
+    assert len(exports) == 1 and len(files) == 1
+    assert files[0].read_bytes()[32:] == real_export(prior.net, prior.image_shape, prior.any_size)
+    cached = _ort_out(engines.with_engine(prior, "mixed", cache=True), x, t)  # its float32 part: the same graph
+    again = _ort_out(engines.with_engine(prior, "onnxruntime", cache=True), x, t)
+    assert len(exports) == 1
+    torch.testing.assert_close(first, fresh, rtol=0, atol=0)
+    torch.testing.assert_close(again, fresh, rtol=0, atol=0)
+    torch.testing.assert_close(cached[t <= 1], fresh[t <= 1], rtol=0, atol=0)
+    data = bytearray(files[0].read_bytes())  # a damaged file is not trusted: exported and written anew
+    data[len(data) // 2] ^= 1
+    files[0].write_bytes(bytes(data))
+    torch.testing.assert_close(_ort_out(engines.with_engine(prior, "onnxruntime", cache=True), x, t), fresh, rtol=0, atol=0)
+    assert len(exports) == 2 and files[0].read_bytes()[32:] == real_export(prior.net, prior.image_shape, prior.any_size)
+    monkeypatch.setenv(engines.ONNX_CACHE_ENV, "off")
+    engines.with_engine(prior, "onnxruntime", cache=True)
+    assert len(exports) == 3
+    monkeypatch.setenv(engines.ONNX_CACHE_ENV, str(folder))
+    with torch.no_grad():  # weights no longer those of the digest (a trainer's prior): not cached
+        next(prior.net.parameters()).add_(1e-3)
+    engines.with_engine(prior, "onnxruntime", cache=True)
+    assert len(exports) == 4 and len(list(folder.glob("*.onnx"))) == 1
+
+
+@pytest.mark.skipif(not engines.onnxruntime_available(), reason="needs onnxruntime")
+def test_onnx_export_is_the_same_in_another_process(tmp_path):
+    """What makes the cache safe: a fresh process exports the same bytes for the same network."""
+    import subprocess
+    import sys
+
+    save_prior(make_tiny_prior(), tmp_path / "p.safetensors")
+    code = ("import sys; from diffcodec.checkpoint import load_prior; from diffcodec.engines import export_onnx; "
+            "p = load_prior(sys.argv[1]); sys.stdout.buffer.write(export_onnx(p.net, p.image_shape, p.any_size))")
+    other = subprocess.run([sys.executable, "-c", code, str(tmp_path / "p.safetensors")], capture_output=True, check=True).stdout
+    from diffcodec.checkpoint import load_prior
+
+    prior = load_prior(tmp_path / "p.safetensors")
+    assert other == engines.export_onnx(prior.net, prior.image_shape, prior.any_size)
