@@ -2,8 +2,9 @@
 per command (issue #12; diffcodec.engines.onnx_graph).
 
 Each command runs as a user runs it, a fresh ``diffcodec`` process, with ``DIFFCODEC_ONNX_CACHE``
-pointing at a folder of this run's own (the first round fills it: ``cold``; later rounds read it:
-``warm``) and set to ``off`` (every process exports the network anew), in interleaved rounds whose
+pointing at a folder of this run's own (``cold``: each command's first run; the first command fills
+the folder, and the others, on the same prior, find the graph there already; ``warm``: the later
+runs) and set to ``off`` (every process exports the network anew), in interleaved rounds whose
 order alternates. Per command: wall seconds of every round, the best and the median warm and off,
 the saving, and whether the outputs of the two are the same bytes (they must be: the cached graph
 is the graph a fresh export gives). Writes ``onnx_cache.json``.
