@@ -36,6 +36,7 @@ import importlib.util
 import io
 import os
 import sys
+import time
 import warnings
 import weakref
 from pathlib import Path
@@ -175,20 +176,24 @@ def onnx_graph(net: nn.Module, image_shape: tuple[int, ...], any_size: bool = Fa
     path = folder / f"{key}.onnx"
     try:
         data = path.read_bytes()
-        if len(data) > 32 and hashlib.blake2b(data[32:], digest_size=32).digest() == data[:32]:
-            os.utime(path)  # recently used
-            return data[32:]
     except OSError:
-        pass
+        data = b""
+    if len(data) > 32 and hashlib.blake2b(data[32:], digest_size=32).digest() == data[:32]:
+        try:
+            os.utime(path)  # recently used
+        except OSError:
+            pass
+        return data[32:]
     graph = export_onnx(net, image_shape, any_size)
     try:
         from .files import atomic_write
 
         atomic_write(path, hashlib.blake2b(graph, digest_size=32).digest() + graph)
         kept = sorted(folder.glob("*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)
-        for old in kept[ONNX_CACHE_KEEP:]:
+        stale = [p for p in folder.glob("*.tmp") if time.time() - p.stat().st_mtime > 3600]  # left by a crash
+        for old in kept[ONNX_CACHE_KEEP:] + stale:
             old.unlink(missing_ok=True)
-    except (OSError, ValueError):  # a read-only or full disk: run without the cache
+    except (OSError, ValueError):  # a read-only or full disk, or another process pruning: run without the cache
         pass
     return graph
 

@@ -164,6 +164,14 @@ def test_onnx_graph_cache(tmp_path, monkeypatch):
     cached = _ort_out(engines.with_engine(prior, "mixed", cache=True), x, t)  # its float32 part: the same graph
     again = _ort_out(engines.with_engine(prior, "onnxruntime", cache=True), x, t)
     assert len(exports) == 1
+
+    def read_only(*a):
+        raise PermissionError("read-only file system")
+
+    with monkeypatch.context() as m:  # a cache it cannot touch is still read
+        m.setattr(engines.os, "utime", read_only)
+        engines.with_engine(prior, "onnxruntime", cache=True)
+    assert len(exports) == 1
     torch.testing.assert_close(first, fresh, rtol=0, atol=0)
     torch.testing.assert_close(again, fresh, rtol=0, atol=0)
     torch.testing.assert_close(cached[t <= 1], fresh[t <= 1], rtol=0, atol=0)
