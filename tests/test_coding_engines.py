@@ -195,6 +195,23 @@ def test_cli_engine(saved, images):
     assert res.exit_code == 0 and "engine onnxruntime" in res.output, res.output
 
 
+def test_commands_export_the_network_once(saved, images, monkeypatch):
+    """One ONNX export for compress (its coder and its VLB share the view), none for the commands after
+    it: they read the graph that the first one kept (engines.onnx_graph)."""
+    tmp, p = saved
+    monkeypatch.setenv(engines.ONNX_CACHE_ENV, str(tmp / "onnx-cache"))
+    exports = []
+    real_export = engines.export_onnx
+    monkeypatch.setattr(engines, "export_onnx", lambda *a: exports.append(1) or real_export(*a))
+    res = run("compress", tmp / "x.npy", "-o", tmp / "e.dcl", "--prior", p, "--steps", 3, "--engine", "onnxruntime", "--json")
+    assert res.exit_code == 0 and json.loads(res.stdout)["vlb_bits_per_dim"] > 0, res.output
+    assert len(exports) == 1
+    res = run("decompress", tmp / "e.dcl", "-o", tmp / "eo", "--prior", p, "--npy")
+    assert res.exit_code == 0 and np.array_equal(np.load(tmp / "eo" / "images.npy"), images), res.output
+    res = run("compress", tmp / "x.npy", "-o", tmp / "e2.dcl", "--prior", p, "--steps", 3, "--engine", "mixed", "--no-vlb")
+    assert res.exit_code == 0, res.output
+    assert len(exports) == 1
+
 def test_onnxruntime_file_decodes_in_a_fresh_process(saved, images):
     """The encoder's ONNX Runtime outputs are recomputed bit for bit by another process (its own export
     and session), at the file's thread count."""
