@@ -25,6 +25,9 @@ Stages (``all`` runs them in this order, all but ``engines``; later stages reuse
             (issue #14; only when named; about 10-16 minutes per photo, --num N takes the N smallest)
   photos-lossless, photos-timing  recompute only that part of photos.json (same prior and steps),
             keeping the others; each part records its provenance (only when named)
+  photos-bound  the whole-photo bound of the test photos under --prior beside PNG, WebP and JPEG XL
+            lossless, one entry per prior in photo_bound.{json,png} (the lossless goal's gauge as
+            the photo prior trains; about 8 minutes; only when named)
 
 Examples:
 
@@ -43,9 +46,9 @@ from .context import Context
 from .provenance import RESULTS
 
 STAGES = ("classic", "ideal", "progressive", "rd", "lossless", "terms", "strip", "timing")
-ON_REQUEST = ("engines", "photos", "photos-whole", "photos-lossless", "photos-timing")  # machine benchmarks that compile and take minutes whatever --quick says: not in ``all``
+ON_REQUEST = ("engines", "photos", "photos-whole", "photos-lossless", "photos-timing", "photos-bound")  # machine benchmarks that compile and take minutes whatever --quick says: not in ``all``
 MODULES = {"classic": "classic", "ideal": "ideal", "progressive": "progressive", "rd": "rd", "lossless": "lossless_table", "terms": "timestep_terms", "strip": "strip", "timing": "timing", "engines": "engines", "photos": "photos", "photos-whole": "photos_whole",
-           "photos-lossless": "photos:stage_lossless", "photos-timing": "photos:stage_timing"}  # module[:function], default stage
+           "photos-lossless": "photos:stage_lossless", "photos-timing": "photos:stage_timing", "photos-bound": "photos:stage_bound"}  # module[:function], default stage
 QUICK_NUM = 100
 
 

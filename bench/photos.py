@@ -325,3 +325,75 @@ def plot(body: dict, path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+BOUND = "photo_bound"  # results file of stage_bound, one entry per prior
+
+
+def bound_entry(ctx, prior, photos, steps: int) -> dict:
+    """The whole-photo ``steps``-step bound (bits/dim) of every photo under ``prior`` (one noise draw,
+    seed 0, the coding engine ``auto`` as ``compress`` runs it), with the prior's training record."""
+    engine = coding_engine("auto")
+    rows, t0 = {}, time.perf_counter()
+    for p in photos:
+        rows[p.name] = vlb_bits(prior, p.image[None], steps, engine) / p.image.size
+        ctx.log(f"  {p.name}: bound {rows[p.name]:.4f} bits/dim")
+    info = dict(prior.info or {})
+    return {"prior_digest": prior.digest, "step": info.get("step"), "heldout_bpd": info.get("heldout_bpd"),
+            "steps": steps, "engine": engine.value, "seconds": time.perf_counter() - t0,
+            "bound": rows, "mean_bound": float(np.mean(list(rows.values())))}
+
+
+def classic_lossless(photos) -> dict:
+    """{photo: {codec key: bits/dim}} for the classic lossless codecs installed here."""
+    return {p.name: {k: 8 * lossless_bytes(k, as_hwc(p.image)) / p.image.size for k in LOSSLESS_KEYS if LOSSLESS[k][2]()}
+            for p in photos}
+
+
+def stage_bound(ctx) -> dict:
+    """``python -m bench photos-bound [--prior P]``: the lossless goal's quick gauge. The whole-photo
+    bound of the test photos under P (about 8 minutes here), added to ``photo_bound.json``
+    (``--quick``: the 2 smallest photos, ``photo_bound_quick.json``) beside
+    the entries of priors measured before (keyed by digest), with PNG, WebP lossless and JPEG XL
+    lossless on the same photos. A ``compress`` file lands about 1.8 % above this bound (its tiles'
+    borders; ``bench photos`` measures the files themselves)."""
+    prior, steps = photo_prior(ctx, "photos-bound")
+    photos = load_photos("test")
+    if ctx.quick:
+        photos = sorted(photos, key=lambda p: p.image.size)[:QUICK_PHOTOS]
+    torch.set_num_threads(THREADS)
+    ctx.log(f"photos-bound: {len(photos)} test photos, prior {prior.digest[:12]}, {steps} steps")
+    name = f"{BOUND}_quick" if ctx.quick else BOUND  # a quick look never replaces the full record
+    body = read_json(ctx.out / f"{name}.json") or {}
+    names = sorted(p.name for p in photos)
+    if sorted(body.get("classic", {})) != names:  # another photo set (--quick, a new corpus): start afresh
+        body = {"classic": classic_lossless(photos), "priors": {}}
+    body.pop("stage", None)
+    body.pop("provenance", None)
+    entry = bound_entry(ctx, prior, photos, steps)
+    entry["provenance"] = ctx.provenance()
+    body["priors"][f"{prior.digest}:{steps}"] = entry
+    body["mean_classic"] = {k: float(np.mean([row[k] for row in body["classic"].values()]))
+                            for k in LOSSLESS_KEYS if all(k in row for row in body["classic"].values())}
+    ctx.log(f"mean bound {entry['mean_bound']:.4f} bits/dim; " + ", ".join(f"{k} {v:.4f}" for k, v in body["mean_classic"].items()))
+    body = ctx.write(name, body, with_prior=False)
+    plot_bound(body, ctx.out / f"{name}.png")
+    return body
+
+
+def plot_bound(body: dict, path) -> None:
+    """Mean whole-photo bound per prior against its training step, classic codecs as lines."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    entries = sorted((e for e in body["priors"].values() if e.get("step") is not None), key=lambda e: e["step"])
+    ax.plot([e["step"] for e in entries], [e["mean_bound"] for e in entries], "o-", lw=2, label="diffcodec bound (whole photo)")
+    for (key, value), style in zip(body["mean_classic"].items(), ("--", "-.", ":")):
+        ax.axhline(value, ls=style, color="gray", label=f"{key} {value:.3f}")
+    ax.set_xlabel("training step of the photo prior")
+    ax.set_ylabel(f"bits/dim, mean over {len(body['classic'])} test photos")
+    ax.set_title("lossless: the whole-photo bound as the photo prior trains")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

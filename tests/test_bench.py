@@ -240,3 +240,32 @@ def test_refreshing_a_photos_part_needs_a_matching_photos_json(tmp_path):
     (tmp_path / "photos.json").write_text(json.dumps({"prior_digest": "ab" * 32, "steps": 20}))
     with pytest.raises(ValueError, match="another prior"):
         refresh(ctx, "timing")
+
+
+def test_photos_bound_accumulates_one_entry_per_prior(tmp_path, monkeypatch):
+    """bench photos-bound: each prior's whole-photo bounds join the earlier entries, beside the classic codecs."""
+    from bench import photos as bp
+    from bench.__main__ import main as bench_main
+    from diffcodec.photos import Photo
+
+    rng = np.random.default_rng(1)
+    shots = [Photo(f"p{i}.png", rng.integers(0, 256, (3, 10 + i, 12), dtype=np.uint8)) for i in range(3)]
+    monkeypatch.setattr(bp, "load_photos", lambda split: shots)
+    paths = []
+    for seed in (0, 1):
+        prior = make_tiny_photo_prior(seed=seed)
+        paths.append(tmp_path / f"p{seed}.safetensors")
+        save_prior(prior, paths[-1], info={"step": 10 * (seed + 1)})
+    for path in paths:
+        bench_main(["photos-bound", "--prior", str(path), "--steps", "3", "--out", str(tmp_path / "r"), "--quiet"])
+    body = json.loads((tmp_path / "r" / "photo_bound.json").read_text())
+    assert sorted(body["classic"]) == ["p0.png", "p1.png", "p2.png"] and body["mean_classic"]["png"] > 0
+    entries = sorted(body["priors"].values(), key=lambda e: e["step"])
+    assert [e["step"] for e in entries] == [10, 20] and entries[0]["prior_digest"] != entries[1]["prior_digest"]
+    from diffcodec.checkpoint import load_prior
+    from diffcodec.engines import coding_engine
+
+    direct = bp.vlb_bits(load_prior(str(paths[0])).eval(), shots[1].image[None], 3, coding_engine("auto")) / shots[1].image.size
+    assert entries[0]["bound"]["p1.png"] == pytest.approx(direct, rel=1e-9)
+    assert entries[0]["mean_bound"] == pytest.approx(np.mean(list(entries[0]["bound"].values())))
+    assert (tmp_path / "r" / "photo_bound.png").stat().st_size > 0
