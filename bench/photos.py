@@ -249,13 +249,19 @@ def photo_prior(ctx, stage: str):
     return prior, min(ctx.steps, prior.config.num_timesteps)
 
 
-def stage(ctx) -> dict:
-    prior, steps = photo_prior(ctx, "photos")
+def _setup(ctx, stage: str):
+    """(prior, steps, test photos) of a stage that runs on the test photos (--quick: the 2 smallest)."""
+    prior, steps = photo_prior(ctx, stage)
     photos = load_photos("test")
     if ctx.quick:
         photos = sorted(photos, key=lambda p: p.image.size)[:QUICK_PHOTOS]
     torch.set_num_threads(THREADS)
-    ctx.log(f"photos: {len(photos)} test photos, prior {prior.digest[:12]}, {steps} steps")
+    ctx.log(f"{stage}: {len(photos)} test photos, prior {prior.digest[:12]}, {steps} steps")
+    return prior, steps, photos
+
+
+def stage(ctx) -> dict:
+    prior, steps, photos = _setup(ctx, "photos")
     body = {"prior_digest": prior.digest, "prior_info": prior.info, "data": "photos:test", "steps": steps}
     ctx.log("time and memory, one photo")  # first: on a quiet machine
     body["timing"] = timing_part(ctx, prior, min(photos, key=lambda p: p.image.size), steps)
@@ -357,12 +363,7 @@ def stage_bound(ctx) -> dict:
     the entries of priors measured before (keyed by digest), with PNG, WebP lossless and JPEG XL
     lossless on the same photos. A ``compress`` file lands about 1.8 % above this bound (its tiles'
     borders; ``bench photos`` measures the files themselves)."""
-    prior, steps = photo_prior(ctx, "photos-bound")
-    photos = load_photos("test")
-    if ctx.quick:
-        photos = sorted(photos, key=lambda p: p.image.size)[:QUICK_PHOTOS]
-    torch.set_num_threads(THREADS)
-    ctx.log(f"photos-bound: {len(photos)} test photos, prior {prior.digest[:12]}, {steps} steps")
+    prior, steps, photos = _setup(ctx, "photos-bound")
     name = f"{BOUND}_quick" if ctx.quick else BOUND  # a quick look never replaces the full record
     body = read_json(ctx.out / f"{name}.json") or {}
     names = sorted(p.name for p in photos)
