@@ -27,7 +27,7 @@ Stages (``all`` runs them in this order, all but ``engines``; later stages reuse
             keeping the others; each part records its provenance (only when named)
   photos-bound  the whole-photo bound of the test photos under --prior beside PNG, WebP and JPEG XL
             lossless, one entry per prior in photo_bound.{json,png} (the lossless goal's gauge as
-            the photo prior trains; about 8 minutes; only when named)
+            the photo prior trains; 12-15 minutes here; only when named)
 
 Examples:
 

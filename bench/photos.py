@@ -53,7 +53,7 @@ from diffcodec.terms import compute_terms
 from .bdrate import bd_rate
 from .classic import LOSSLESS, LOSSY, TARGETS_DB, as_hwc, lossless_bytes, measure, psnr, rate_at_psnr
 from .plotting import pyplot
-from .provenance import read_json
+from .provenance import provenance, read_json
 from .timing import recorded_calls, replay_seconds
 
 CROP, QUICK_CROP = 64, 32
@@ -87,15 +87,17 @@ def vlb_bits(prior, images: np.ndarray, steps: int, engine) -> float:
     return float(terms.total_nats.sum() / math.log(2))
 
 
+def classic_lossless_row(image: np.ndarray) -> dict:
+    """{codec key: bits/dim} of ``image`` [C, H, W] for the classic lossless codecs installed here."""
+    return {k: 8 * lossless_bytes(k, as_hwc(image)) / image.size for k in LOSSLESS_KEYS if LOSSLESS[k][2]()}
+
+
 def lossless_part(ctx, prior, photos, steps: int) -> dict:
     engine = coding_engine("auto")
     rows = []
     for p in photos:
         image, dims = p.image, p.image.size
-        row = {"photo": p.name, "shape": list(image.shape)}
-        for key in LOSSLESS_KEYS:
-            if LOSSLESS[key][2]():
-                row[key] = 8 * lossless_bytes(key, as_hwc(image)) / dims
+        row = {"photo": p.name, "shape": list(image.shape), **classic_lossless_row(image)}
         t0 = time.perf_counter()
         row["vlb_whole"] = vlb_bits(prior, image[None], steps, engine) / dims
         row["vlb_whole_seconds"] = time.perf_counter() - t0
@@ -350,15 +352,11 @@ def bound_entry(ctx, prior, photos, steps: int) -> dict:
             "bound": rows, "mean_bound": float(np.mean(list(rows.values())))}
 
 
-def classic_lossless(photos) -> dict:
-    """{photo: {codec key: bits/dim}} for the classic lossless codecs installed here."""
-    return {p.name: {k: 8 * lossless_bytes(k, as_hwc(p.image)) / p.image.size for k in LOSSLESS_KEYS if LOSSLESS[k][2]()}
-            for p in photos}
 
 
 def stage_bound(ctx) -> dict:
     """``python -m bench photos-bound [--prior P]``: the lossless goal's quick gauge. The whole-photo
-    bound of the test photos under P (about 8 minutes here), added to ``photo_bound.json``
+    bound of the test photos under P (12-15 minutes here), added to ``photo_bound.json``
     (``--quick``: the 2 smallest photos, ``photo_bound_quick.json``) beside
     the entries of priors measured before (keyed by digest), with PNG, WebP lossless and JPEG XL
     lossless on the same photos. A ``compress`` file lands about 1.8 % above this bound (its tiles'
@@ -368,11 +366,11 @@ def stage_bound(ctx) -> dict:
     body = read_json(ctx.out / f"{name}.json") or {}
     names = sorted(p.name for p in photos)
     if sorted(body.get("classic", {})) != names:  # another photo set (--quick, a new corpus): start afresh
-        body = {"classic": classic_lossless(photos), "priors": {}}
+        body = {"classic": {p.name: classic_lossless_row(p.image) for p in photos}, "priors": {}}
     body.pop("stage", None)
     body.pop("provenance", None)
     entry = bound_entry(ctx, prior, photos, steps)
-    entry["provenance"] = ctx.provenance()
+    entry["provenance"] = provenance(prior, len(photos), "photos:test")  # not ctx's --data/--num, which photo stages ignore
     body["priors"][f"{prior.digest}:{steps}"] = entry
     body["mean_classic"] = {k: float(np.mean([row[k] for row in body["classic"].values()]))
                             for k in LOSSLESS_KEYS if all(k in row for row in body["classic"].values())}
