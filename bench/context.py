@@ -32,6 +32,7 @@ class Context:
     prior_path: str | None = None  # None: the embedded default prior
     strip_index: int = 0
     verbose: bool = True
+    measured_on: tuple[str, int] | None = None  # (data, count) a stage ran on instead of --data/--num (the photo stages)
     started: float = field(default_factory=time.time)
 
     def log(self, msg: str) -> None:
@@ -59,7 +60,8 @@ class Context:
         return min(self.steps, self.prior.config.num_timesteps)
 
     def provenance(self, with_prior: bool = True) -> dict:
-        return provenance(self.prior if with_prior else None, self.num, self.data)
+        data, num = self.measured_on or (self.data, self.num)
+        return provenance(self.prior if with_prior else None, num, data)
 
     def write(self, name: str, payload: dict, with_prior: bool = True) -> dict:
         """``out/name.json`` = payload + ``provenance``; returns what was written."""

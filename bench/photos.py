@@ -53,7 +53,7 @@ from diffcodec.terms import compute_terms
 from .bdrate import bd_rate
 from .classic import LOSSLESS, LOSSY, TARGETS_DB, as_hwc, lossless_bytes, measure, psnr, rate_at_psnr
 from .plotting import pyplot
-from .provenance import provenance, read_json
+from .provenance import read_json
 from .timing import recorded_calls, replay_seconds
 
 CROP, QUICK_CROP = 64, 32
@@ -258,6 +258,7 @@ def _setup(ctx, stage: str):
     if ctx.quick:
         photos = sorted(photos, key=lambda p: p.image.size)[:QUICK_PHOTOS]
     torch.set_num_threads(THREADS)
+    ctx.measured_on = ("photos:test", len(photos))
     ctx.log(f"{stage}: {len(photos)} test photos, prior {prior.digest[:12]}, {steps} steps")
     return prior, steps, photos
 
@@ -293,6 +294,7 @@ def refresh(ctx, part: str) -> dict:
         parts.setdefault(other, previous)
     photos = load_photos("test")
     torch.set_num_threads(THREADS)
+    ctx.measured_on = ("photos:test", len(photos))
     ctx.log(f"photos-{part}: {len(photos)} test photos, prior {prior.digest[:12]}, {steps} steps")
     if part == "lossless":
         body["lossless"] = lossless_part(ctx, prior, photos, steps)
@@ -370,7 +372,7 @@ def stage_bound(ctx) -> dict:
     body.pop("stage", None)
     body.pop("provenance", None)
     entry = bound_entry(ctx, prior, photos, steps)
-    entry["provenance"] = provenance(prior, len(photos), "photos:test")  # not ctx's --data/--num, which photo stages ignore
+    entry["provenance"] = ctx.provenance()
     body["priors"][f"{prior.digest}:{steps}"] = entry
     body["mean_classic"] = {k: float(np.mean([row[k] for row in body["classic"].values()]))
                             for k in LOSSLESS_KEYS if all(k in row for row in body["classic"].values())}

@@ -23,6 +23,7 @@ def stage(ctx) -> dict:
     prior, steps = photo_prior(ctx, "photos-whole")
     photos = sorted(load_photos("test")[::LOSSY_EVERY], key=lambda p: p.image.size)[: ctx.num]
     torch.set_num_threads(THREADS)
+    ctx.measured_on = ("photos:test", len(photos))
     ctx.log(f"photos-whole: {[p.name for p in photos]}, prior {prior.digest[:12]}, {steps} steps")
     body = {"prior_digest": prior.digest, "prior_info": prior.info, "data": "photos:test", "steps": steps,
             "lossy": lossy_part(ctx, prior, photos, steps, WHOLE)}

@@ -268,4 +268,5 @@ def test_photos_bound_accumulates_one_entry_per_prior(tmp_path, monkeypatch):
     direct = bp.vlb_bits(load_prior(str(paths[0])).eval(), shots[1].image[None], 3, coding_engine("auto")) / shots[1].image.size
     assert entries[0]["bound"]["p1.png"] == pytest.approx(direct, rel=1e-9)
     assert entries[0]["mean_bound"] == pytest.approx(np.mean(list(entries[0]["bound"].values())))
+    assert (entries[0]["provenance"]["data"], entries[0]["provenance"]["num_images"]) == ("photos:test", 3)  # not --data/--num's defaults
     assert (tmp_path / "r" / "photo_bound.png").stat().st_size > 0
