@@ -28,6 +28,9 @@ Stages (``all`` runs them in this order, all but ``engines``; later stages reuse
   photos-bound  the whole-photo bound of the test photos under --prior beside PNG, WebP and JPEG XL
             lossless, one entry per prior in photo_bound.{json,png} (the lossless goal's gauge as
             the photo prior trains; 12-15 minutes here; only when named)
+  photos-files  the real compress file of each test photo under --prior (the first decoded and
+            checked), added to that prior's entry in photo_bound.{json,png} (the lossless goal for a
+            prior not yet embedded; 15-20 minutes here; only when named)
 
 Examples:
 
@@ -46,9 +49,10 @@ from .context import Context
 from .provenance import RESULTS
 
 STAGES = ("classic", "ideal", "progressive", "rd", "lossless", "terms", "strip", "timing")
-ON_REQUEST = ("engines", "photos", "photos-whole", "photos-lossless", "photos-timing", "photos-bound")  # machine benchmarks that compile and take minutes whatever --quick says: not in ``all``
+ON_REQUEST = ("engines", "photos", "photos-whole", "photos-lossless", "photos-timing", "photos-bound", "photos-files")  # machine benchmarks that compile and take minutes whatever --quick says: not in ``all``
 MODULES = {"classic": "classic", "ideal": "ideal", "progressive": "progressive", "rd": "rd", "lossless": "lossless_table", "terms": "timestep_terms", "strip": "strip", "timing": "timing", "engines": "engines", "photos": "photos", "photos-whole": "photos_whole",
-           "photos-lossless": "photos:stage_lossless", "photos-timing": "photos:stage_timing", "photos-bound": "photos:stage_bound"}  # module[:function], default stage
+           "photos-lossless": "photos:stage_lossless", "photos-timing": "photos:stage_timing", "photos-bound": "photos:stage_bound",
+           "photos-files": "photos:stage_files"}  # module[:function], default stage
 QUICK_NUM = 100
 
 

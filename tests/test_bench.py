@@ -269,4 +269,12 @@ def test_photos_bound_accumulates_one_entry_per_prior(tmp_path, monkeypatch):
     assert entries[0]["bound"]["p1.png"] == pytest.approx(direct, rel=1e-9)
     assert entries[0]["mean_bound"] == pytest.approx(np.mean(list(entries[0]["bound"].values())))
     assert (entries[0]["provenance"]["data"], entries[0]["provenance"]["num_images"]) == ("photos:test", 3)  # not --data/--num's defaults
+    bench_main(["photos-files", "--prior", str(paths[0]), "--steps", "3", "--out", str(tmp_path / "r"), "--quiet"])
+    after = json.loads((tmp_path / "r" / "photo_bound.json").read_text())["priors"]
+    first = next(e for e in after.values() if e["step"] == 10)  # the files join the bound in the prior's entry
+    assert first["bound"] == entries[0]["bound"] and sorted(first["files"]) == ["p0.png", "p1.png", "p2.png"]
+    blob, _ = bp.compress(load_prior(str(paths[0])).eval(), shots[2].image[None], ["p2.png"],
+                          bp.CodecParams(steps=3, engine=coding_engine("auto"), threads=bp.THREADS))
+    assert first["files"]["p2.png"] == 8 * len(blob) / shots[2].image.size and first["first_file_decoded_exact"]
+    assert "files" not in next(e for e in after.values() if e["step"] == 20)
     assert (tmp_path / "r" / "photo_bound.png").stat().st_size > 0
