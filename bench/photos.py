@@ -92,6 +92,17 @@ def classic_lossless_row(image: np.ndarray) -> dict:
     return {k: 8 * lossless_bytes(k, as_hwc(image)) / image.size for k in LOSSLESS_KEYS if LOSSLESS[k][2]()}
 
 
+def compress_photo(prior, photo, steps: int, engine, check: bool):
+    """(file bytes, CodecStats, seconds) of ``compress`` on one photo alone, two threads; ``check``:
+    decode it back and raise unless bit-exact."""
+    t0 = time.perf_counter()
+    blob, stats = compress(prior, photo.image[None], [photo.name], CodecParams(steps=steps, engine=engine, threads=THREADS))
+    seconds = time.perf_counter() - t0
+    if check and not np.array_equal(decompress(prior, blob)[0][0], photo.image):
+        raise RuntimeError(f"{photo.name}: compress/decompress is not exact")
+    return blob, stats, seconds
+
+
 def lossless_part(ctx, prior, photos, steps: int) -> dict:
     engine = coding_engine("auto")
     rows = []
@@ -103,12 +114,9 @@ def lossless_part(ctx, prior, photos, steps: int) -> dict:
         row["vlb_whole_seconds"] = time.perf_counter() - t0
         tile = lossless_tile(prior, *image.shape[1:])
         row["vlb_tiles"] = vlb_bits(prior, to_tiles(image[None], tile), steps, engine) / dims
-        t0 = time.perf_counter()
-        blob, stats = compress(prior, image[None], [p.name], CodecParams(steps=steps, engine=engine, threads=THREADS))
-        row["compress_seconds"] = time.perf_counter() - t0
-        if p is photos[0]:  # decoding doubles the time: the first photo is decoded (tests check the rest of exactness)
-            if not np.array_equal(decompress(prior, blob)[0][0], image):
-                raise RuntimeError(f"{p.name}: compress/decompress is not exact")
+        # decoding doubles the time: the first photo is decoded (tests check the rest of exactness)
+        blob, stats, row["compress_seconds"] = compress_photo(prior, p, steps, engine, check=p is photos[0])
+        if p is photos[0]:
             row["decoded_exact"] = True
         row.update(compress=8 * len(blob) / dims, compress_bytes=len(blob), tiles=stats.num_tiles,
                    classic_tiles=stats.bootstrap_tiles, tile=list(tile), engine=engine.value)
@@ -342,15 +350,13 @@ BOUND = "photo_bound"  # results file of stage_bound, one entry per prior
 
 def bound_entry(ctx, prior, photos, steps: int) -> dict:
     """The whole-photo ``steps``-step bound (bits/dim) of every photo under ``prior`` (one noise draw,
-    seed 0, the coding engine ``auto`` as ``compress`` runs it), with the prior's training record."""
+    seed 0, the coding engine ``auto`` as ``compress`` runs it); _gauge adds the prior's training record."""
     engine = coding_engine("auto")
     rows, t0 = {}, time.perf_counter()
     for p in photos:
         rows[p.name] = vlb_bits(prior, p.image[None], steps, engine) / p.image.size
         ctx.log(f"  {p.name}: bound {rows[p.name]:.4f} bits/dim")
-    info = dict(prior.info or {})
-    return {"prior_digest": prior.digest, "step": info.get("step"), "heldout_bpd": info.get("heldout_bpd"),
-            "steps": steps, "engine": engine.value, "seconds": time.perf_counter() - t0,
+    return {"engine": engine.value, "seconds": time.perf_counter() - t0,
             "bound": rows, "mean_bound": float(np.mean(list(rows.values())))}
 
 
@@ -363,7 +369,7 @@ def stage_bound(ctx) -> dict:
     the entries of priors measured before (keyed by digest), with PNG, WebP lossless and JPEG XL
     lossless on the same photos. A ``compress`` file lands about 1.5-2 % above this bound (its tiles'
     borders and classic seed; ``photos-files`` measures the files themselves)."""
-    return _gauge(ctx, "photos-bound")
+    return _gauge(ctx, "photos-bound", bound_entry, "mean_bound", "provenance")
 
 
 def stage_files(ctx) -> dict:
@@ -372,7 +378,7 @@ def stage_files(ctx) -> dict:
     and chain; two threads, engine auto, as ``bench photos``), the first photo's file decoded and
     checked bit-exact, added to P's entry in ``photo_bound.json`` (with its bound if measured; about
     15-20 minutes here)."""
-    return _gauge(ctx, "photos-files")
+    return _gauge(ctx, "photos-files", compress_entry, "mean_files", "files_provenance")
 
 
 def compress_entry(ctx, prior, photos, steps: int) -> dict:
@@ -380,18 +386,17 @@ def compress_entry(ctx, prior, photos, steps: int) -> dict:
     engine = coding_engine("auto")
     files, classic, t0 = {}, {}, time.perf_counter()
     for p in photos:
-        blob, stats = compress(prior, p.image[None], [p.name], CodecParams(steps=steps, engine=engine, threads=THREADS))
-        if p is photos[0] and not np.array_equal(decompress(prior, blob)[0][0], p.image):
-            raise RuntimeError(f"{p.name}: compress/decompress is not exact")
+        blob, stats, _ = compress_photo(prior, p, steps, engine, check=p is photos[0])
         files[p.name], classic[p.name] = 8 * len(blob) / p.image.size, [stats.bootstrap_tiles, stats.num_tiles]
         ctx.log(f"  {p.name}: compress file {files[p.name]:.4f} bits/dim ({stats.bootstrap_tiles} of {stats.num_tiles} tiles classic)")
     return {"files": files, "mean_files": float(np.mean(list(files.values()))), "files_engine": engine.value,
             "files_seconds": time.perf_counter() - t0, "classic_tiles": classic, "first_file_decoded_exact": True}
 
 
-def _gauge(ctx, stage: str) -> dict:
-    """Add the bound (photos-bound) or the compress files (photos-files) of the test photos under
-    --prior to that prior's entry in photo_bound.json."""
+def _gauge(ctx, stage: str, measure, mean_key: str, provenance_key: str) -> dict:
+    """Add what ``measure(ctx, prior, photos, steps)`` gives for the test photos under --prior (its
+    bound, or its compress files) to that prior's entry in photo_bound.json, with its provenance
+    under ``provenance_key``; logs the entry's ``mean_key``."""
     prior, steps, photos = _setup(ctx, stage)
     name = f"{BOUND}_quick" if ctx.quick else BOUND  # a quick look never replaces the full record
     body = read_json(ctx.out / f"{name}.json") or {}
@@ -401,18 +406,13 @@ def _gauge(ctx, stage: str) -> dict:
     body.pop("stage", None)
     body.pop("provenance", None)
     entry = body["priors"].setdefault(f"{prior.digest}:{steps}", {})
-    if stage == "photos-bound":
-        entry.update(bound_entry(ctx, prior, photos, steps))
-        entry["provenance"] = ctx.provenance()
-    else:
-        info = dict(prior.info or {})
-        entry.update(prior_digest=prior.digest, step=info.get("step"), heldout_bpd=info.get("heldout_bpd"), steps=steps)
-        entry.update(compress_entry(ctx, prior, photos, steps))
-        entry["files_provenance"] = ctx.provenance()
+    info = dict(prior.info or {})
+    entry.update(prior_digest=prior.digest, step=info.get("step"), heldout_bpd=info.get("heldout_bpd"), steps=steps)
+    entry.update(measure(ctx, prior, photos, steps))
+    entry[provenance_key] = ctx.provenance()
     body["mean_classic"] = {k: float(np.mean([row[k] for row in body["classic"].values()]))
                             for k in LOSSLESS_KEYS if all(k in row for row in body["classic"].values())}
-    key = "mean_bound" if stage == "photos-bound" else "mean_files"
-    ctx.log(f"{key} {entry[key]:.4f} bits/dim; " + ", ".join(f"{k} {v:.4f}" for k, v in body["mean_classic"].items()))
+    ctx.log(f"{mean_key} {entry[mean_key]:.4f} bits/dim; " + ", ".join(f"{k} {v:.4f}" for k, v in body["mean_classic"].items()))
     body = ctx.write(name, body, with_prior=False)
     plot_bound(body, ctx.out / f"{name}.png")
     return body
