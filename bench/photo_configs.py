@@ -8,7 +8,7 @@ flips, Adam 4e-4 with 200 warm-up steps, EMA 0.999). Each run logs the held-out 
 weights on the trainer's own fixed crops of the held-out photos (at the run's crop size, so the
 64-px run's set is not the others'). Every run's final prior is then measured on one common set:
 16 fixed 64×64 crops of the 4 held-out photos, exact VLB over the codecs' 100 steps, float32, two
-threads, beside the shipped prior (step 3,300) and ``bench/checkpoints/photo.state`` (step 6,199).
+threads, beside the embedded prior and ``bench/checkpoints/photo.state`` (each labelled with its step).
 
     base     ch 32, multipliers 1,2,2,2, 2 residual blocks, 32-px crops, batch 64 (the shipped prior)
     wide     ch 48 (about 2.2× the multiply-adds)
@@ -128,7 +128,7 @@ def collect(minutes: float, wall: dict[str, float]) -> dict:
         print(f"{name}: {last['step']} steps, common set {bpd:.4f} ± {err:.4f} bits/dim", flush=True)
     reference = {}
     shipped = load_prior("photo").eval()
-    reference["shipped (step 3,300)"] = common_bpd(shipped, images)
+    reference[f"shipped (step {(shipped.info or {}).get('step', 0):,})"] = common_bpd(shipped, images)
     if STATE.exists():
         prior, step = state_prior(STATE)
         reference[f"photo.state (step {step:,})"] = common_bpd(prior, images)

@@ -136,9 +136,10 @@ def _encode_curve(prior, crop: np.ndarray, steps: int) -> tuple[list[dict], dict
     return points, {"seconds": res.seconds, "search_seconds": res.search_seconds, "bytes": len(res.data)}
 
 
-def lossy_part(ctx, prior, photos, steps: int, size: int | None = None) -> dict:
+def lossy_part(ctx, prior, photos, steps: int, size: int | None = None, progress=None) -> dict:
     """Rate–distortion on the centre ``size``-px crops (default CROP) of ``photos``, or on the whole
-    photos when ``size`` is WHOLE (bench/photos_whole.py)."""
+    photos when ``size`` is WHOLE (bench/photos_whole.py). ``progress(part)``, if given, gets the
+    result over the photos encoded so far after each but the last (long runs write partial results)."""
     size = size if size is not None else (QUICK_CROP if ctx.quick else CROP)
     crops = [p.image if size == WHOLE else centre_crop(p.image, size) for p in photos]
     fronts: dict[str, list] = {}
@@ -164,7 +165,14 @@ def lossy_part(ctx, prior, photos, steps: int, size: int | None = None) -> dict:
         info.append(dict(meta, wall_seconds=time.perf_counter() - t0, photo=photos[i].name))
         what = "whole" if size == WHOLE else "crop"
         ctx.log(f"  encode {photos[i].name} {what}: {meta['bytes']} bytes to {points[-1]['psnr']:.1f} dB in {meta['seconds']:.0f} s")
-    fronts["diffcodec"] = diff
+        if progress is not None and i + 1 < len(crops):
+            progress(_lossy_summary(size, photos[: i + 1], {k: v[: i + 1] for k, v in fronts.items()}, diff, info))
+    return _lossy_summary(size, photos, fronts, diff, info)
+
+
+def _lossy_summary(size, photos, fronts: dict, diff: list, info: list) -> dict:
+    """lossy_part's result from the classic fronts and diffcodec's curves of ``photos``."""
+    fronts = dict(fronts, diffcodec=diff)
     rates = {k: {f"{t:g}": _mean_rate(v, t) for t in TARGETS_DB} for k, v in fronts.items()}
     bd = {}
     for key in LOSSY_KEYS:

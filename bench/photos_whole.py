@@ -7,7 +7,8 @@ every prefix a point) on whole photos: the ``--num`` smallest of the photos the 
 uses (every second test photo; default all 5). A 256×256 photo takes ``encode`` about 10 minutes on
 this CPU (83 % of it the candidate search), a 256×410 one about 16.
 
-Writes ``photos_whole.json`` (the lossy part's schema, ``crop`` = "whole").
+Writes ``photos_whole.json`` (the lossy part's schema, ``crop`` = "whole") after every photo's
+``encode``, marked ``partial`` until the last is in.
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ def stage(ctx) -> dict:
     torch.set_num_threads(THREADS)
     ctx.measured_on = ("photos:test", len(photos))
     ctx.log(f"photos-whole: {[p.name for p in photos]}, prior {prior.digest[:12]}, {steps} steps")
-    body = {"prior_digest": prior.digest, "prior_info": prior.info, "data": "photos:test", "steps": steps,
-            "lossy": lossy_part(ctx, prior, photos, steps, WHOLE)}
-    return ctx.write("photos_whole", body)
+
+    def write(lossy: dict) -> dict:
+        body = {"prior_digest": prior.digest, "prior_info": prior.info, "data": "photos:test", "steps": steps, "lossy": lossy}
+        if len(lossy["photos"]) < len(photos):  # written after each photo: a run cut short keeps what it measured
+            body["partial"] = f"{len(lossy['photos'])} of {len(photos)} photos"
+        return ctx.write("photos_whole", body)
+
+    return write(lossy_part(ctx, prior, photos, steps, WHOLE, progress=write))

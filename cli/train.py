@@ -110,6 +110,8 @@ def train(data_spec, crop, out, checkpoint, resume, config_file, steps, time_lim
     try:
         _train(data_spec, out, checkpoint, resume, config_file, steps, time_limit, holdout, eval_images, eval_every,
                ckpt_every, log_path, dev, flags, engine, crop)
+        if distributed:  # every rank done (rank 0 writes the files) before any tears the group down:
+            dist.barrier()  # a gloo peer closed mid-exchange can abort the other ("terminate called ...")
     finally:
         if distributed:
             dist.destroy_process_group()

@@ -211,11 +211,44 @@ def test_photos_bench_parts_on_a_tiny_colour_prior(tmp_path, one_thread):
         assert r["tiles"] == 1 and r["tile"] == r["shape"][1:]  # below the 64-px tile: the photo is one tile, unpadded
         assert r["png"] > 0 and r["compress"] > 0 and r["vlb_whole"] == pytest.approx(r["vlb_tiles"], rel=0.2)
     assert set(ll["mean_bits_per_dim"]) >= {"png", "vlb_whole", "vlb_tiles", "compress"}
-    lossy = bp.lossy_part(ctx, prior, shots, steps=3, size=10)
+    parts = []
+    lossy = bp.lossy_part(ctx, prior, shots, steps=3, size=10, progress=parts.append)
     assert lossy["crop"] == 10 and len(lossy["curves"]["diffcodec"]) == 2
+    assert [p["photos"] for p in parts] == [["p0.png"]]  # after each photo but the last, over the photos so far
+    assert {k: len(v) for k, v in parts[0]["curves"].items()} == {k: 1 for k in lossy["curves"]}
+    assert parts[0]["curves"]["diffcodec"] == lossy["curves"]["diffcodec"][:1]
     rates, quality = lossy["curves"]["diffcodec"][0]
     assert len(rates) == len(quality) >= 2 and rates == sorted(rates)  # every prefix a point, growing
     assert bp.centre_crop(shots[1].image, 10).shape == (3, 10, 10)
+
+
+def test_photos_whole_keeps_the_photos_measured_when_cut_short(tmp_path, monkeypatch):
+    """bench photos-whole writes its JSON after every photo, marked partial: an interrupted run keeps them."""
+    from bench import photos as bp
+    from bench import photos_whole
+    from bench.__main__ import main as bench_main
+    from diffcodec.photos import Photo
+
+    rng = np.random.default_rng(2)
+    shots = [Photo(f"p{i}.png", rng.integers(0, 256, (3, 10 + i, 12), dtype=np.uint8)) for i in range(4)]
+    monkeypatch.setattr(photos_whole, "load_photos", lambda split: shots)  # every second: p0, p2
+    save_prior(make_tiny_photo_prior(), tmp_path / "p.safetensors")
+    encode_curve = bp._encode_curve
+    calls = []
+
+    def cut_at_the_second(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return encode_curve(*args)
+
+    monkeypatch.setattr(bp, "_encode_curve", cut_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        bench_main(["photos-whole", "--prior", str(tmp_path / "p.safetensors"), "--steps", "3", "--quick",
+                    "--out", str(tmp_path / "r"), "--quiet"])
+    body = json.loads((tmp_path / "r" / "photos_whole.json").read_text())
+    assert body["partial"] == "1 of 2 photos" and body["lossy"]["photos"] == ["p0.png"]
+    assert body["lossy"]["crop"] == "whole" and len(body["lossy"]["curves"]["diffcodec"]) == 1
 
 
 def test_every_stage_name_resolves_to_a_function():
