@@ -13,7 +13,7 @@ on the test split of the prepared photo corpus (``python -m diffcodec.photos pre
   Means over photos are of per-photo bits/dim.
 - **lossy, centre crops**: the centre ``CROP``×``CROP`` of every second test photo (5 of the 9,
   ``LOSSY_EVERY``; the progressive coder's search grows with the pixel count: a whole 256×256 photo
-  to 41 dB takes ``encode`` 11-15 minutes on this CPU, so whole photos are a stage of their own,
+  to 41 dB takes ``encode`` 10-12 minutes on this CPU, so whole photos are a stage of their own,
   ``python -m bench photos-whole``);
   JPEG, WebP, JPEG XL and AVIF quality sweeps (bench.classic, one file per crop, decoded) and
   ``encode`` stopped at ``TOP_DB`` dB, whose every prefix is a point (real file bytes of the prefix,

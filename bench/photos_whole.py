@@ -4,7 +4,7 @@
 search grows with the pixel count. This stage runs the same comparison (bench.photos.lossy_part:
 JPEG, WebP, JPEG XL and AVIF sweeps, one file per photo, decoded; ``encode`` stopped at 41 dB,
 every prefix a point) on whole photos: the ``--num`` smallest of the photos the crop comparison
-uses (every second test photo; default all 5). A 256×256 photo takes ``encode`` 11-15 minutes on
+uses (every second test photo; default all 5). A 256×256 photo takes ``encode`` 10-12 minutes on
 this CPU (about 80 % of it the candidate search), a 256×410 one 13-21.
 
 Writes ``photos_whole.json`` (the lossy part's schema, ``crop`` = "whole") after every photo's
