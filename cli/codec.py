@@ -185,7 +185,7 @@ def decompress_cmd(file, out, npy, force, prior_path, device, engine, as_json):
     from diffcodec.coding.lossless import decompress
     from diffcodec.images import write_image
 
-    prior, _ = open_prior(prior_path, device, file_matches=header.matches_prior, quiet=as_json)
+    prior, _ = open_prior(prior_path, device, file_header=header, quiet=as_json)
     images, names, stats = decompress(prior, blob, progress=True, engine=engine)
     with staged_folder(out, targets, overwrite=force) as tmp:
         if npy:

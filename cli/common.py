@@ -89,21 +89,25 @@ def one_line_errors(fn):
     return wrapper
 
 
-def open_prior(prior_path: str | None, device: str, channels: int | None = None, file_matches=None, quiet: bool = False):
+def open_prior(prior_path: str | None, device: str, channels: int | None = None, file_header=None, quiet: bool = False):
     """(prior, device) for --prior, or without it the embedded prior the input calls for: by the
     input's ``channels`` (grayscale → fashion, colour → photo) or, for a coded file, the embedded
-    prior its header matches (``file_matches(digest)``). Says which on stderr unless ``quiet``."""
+    prior its header matches (``file_header.matches_prior(digest)``; ValueError naming the file's
+    digest when none does). Says which on stderr unless ``quiet``."""
     from diffcodec.checkpoint import embedded_prior_for_channels, embedded_prior_for_file, load_prior
     from diffcodec.runtime import resolve_device
 
     dev = resolve_device(device)
-    if prior_path is None and (channels is not None or file_matches is not None):
+    if prior_path is None and (channels is not None or file_header is not None):
         if channels is not None:
             prior_path = embedded_prior_for_channels(channels)
             why = f"{'colour' if channels == 3 else 'grayscale'} input"
         else:
-            prior_path = embedded_prior_for_file(file_matches)
+            prior_path = embedded_prior_for_file(file_header.matches_prior)
             why = "the file's prior"
+            if prior_path is None:
+                raise ValueError(f"file was made with a prior that is not embedded here (digest "
+                                 f"{file_header.prior_digest[:16]}…); pass that prior with --prior")
         if prior_path is not None and not quiet:
             click.echo(f"prior: {prior_path} (embedded, chosen for {why}; --prior picks another)", err=True)
     return load_prior(prior_path, dev), dev

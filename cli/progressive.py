@@ -199,7 +199,7 @@ def decode_cmd(file, out, upto, prefix_bytes, all_dir, recon, force, prior_path,
         _refuse_existing(target)
     if all_dir is not None:
         check_output_folder(all_dir, [], overwrite=force)
-    prior, _ = open_prior(prior_path, device, file_matches=header.matches_prior, quiet=as_json)
+    prior, _ = open_prior(prior_path, device, file_header=header, quiet=as_json)
     res = decode(prior, blob, steps=upto, keep_intermediates=all_dir is not None, recon=recon, progress=not as_json,
                  engine=engine)
     if all_dir is not None:

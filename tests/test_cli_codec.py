@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from diffcodec.checkpoint import save_prior
+from diffcodec.checkpoint import load_prior, save_prior
 from diffcodec.images import read_image, write_image
 from diffcodec_cli.main import main
 
@@ -96,3 +96,17 @@ def test_bad_compressed_files_write_nothing(setup):
         res = run("decompress", path, "-o", out, "--prior", p)
         _assert_clean_error(res, what)
         assert not out.exists() or not any(out.iterdir())
+
+
+def test_file_of_a_prior_not_embedded_needs_prior(setup):
+    """Without --prior, a file whose prior is none of the embedded ones is refused by naming its digest,
+    not checked against the Fashion-MNIST prior as if that were the file's."""
+    tmp, prior, folder, _, _ = setup
+    assert run("compress", folder, "-o", tmp / "x.dcl", "--prior", prior, *FAST, "--no-vlb").exit_code == 0
+    assert run("encode", folder / "pic0.png", "-o", tmp / "x.dcp", "--prior", prior, "--steps", "4").exit_code == 0
+    digest = load_prior(prior).digest
+    for cmd, path, out in (("decompress", tmp / "x.dcl", tmp / "out"), ("decode", tmp / "x.dcp", tmp / "y.png")):
+        res = run(cmd, path, "-o", out)
+        _assert_clean_error(res, "not embedded")
+        assert digest[:4] in res.output and "--prior" in res.output
+        assert not out.exists()

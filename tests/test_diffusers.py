@@ -228,7 +228,7 @@ def test_progressive_round_trip_and_changed_folder_refused(tmp_path):
                    "another prior")
     one_line_error(run("decompress", tmp_path / "x.dcl", "-o", tmp_path / "out", "--prior", tmp_path / "prior"),
                    "another prior")
-    one_line_error(run("decompress", tmp_path / "x.dcl", "-o", tmp_path / "out"), "another prior")  # the default prior
+    one_line_error(run("decompress", tmp_path / "x.dcl", "-o", tmp_path / "out"), "not embedded")  # no embedded prior matches
 
 
 @pytest.mark.parametrize("where,changes,fragment", [
