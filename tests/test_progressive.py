@@ -438,3 +438,72 @@ def test_searches_find_the_argmax_over_the_candidates_the_decoder_regenerates(d)
             for workers in (1, 2, 3):
                 assert candidates.search_cpu(a, b, means, seed, private, n, limit, workers)[0] == best
 
+
+
+def _finish_case(seed: int, shape, trailing_zero_rows: int = 0):
+    """Tiles [B, C, t, u], an x̂_0 whose error is smooth down the columns, and a v (the network's variance output)."""
+    rng = np.random.default_rng(seed)
+    tiles = rng.integers(0, 256, shape).astype(np.uint8)
+    if trailing_zero_rows:
+        tiles[-1, -1, -trailing_zero_rows:] = 0
+    x0 = torch.from_numpy(tiles).double() / 127.5 - 1.0
+    drift = torch.from_numpy(np.cumsum(rng.normal(0, 0.05, shape), axis=-2))  # correlated from row to row
+    return tiles, (x0 - drift).float(), torch.from_numpy(rng.normal(0, 1, shape)).float()
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 12, 12), (3, 3, 8, 8)])
+def test_residual_finish_round_trips_and_wins_on_smooth_errors(shape):
+    """Code 19 (x̂_0 + a·residual above, row by row): picked when x̂_0's error runs down the columns, decoded
+    exactly (several tiles and channels), its size near the estimate best() compared states by."""
+    f = progressive_finish
+    tiles, x0_hat, v = _finish_case(3, shape)
+    fin = f.best(tiles, 5, 0.9, x0_hat, v=v)
+    assert fin.code == f.RESIDUAL and fin.weights[0] >= 4
+    data, bits = f.encode_pixels(tiles, fin)
+    assert abs(bits - fin.bits) < 1e-6 * bits and 8 * len(data) <= bits + f.RANGE_CODER_BITS
+    assert np.array_equal(f.decode_pixels(data, f.RESIDUAL, 5, 0.9, x0_hat, tiles.shape, v=v), tiles)
+    plain = f.model(f.CLASSES, 5, 0.9, x0_hat, v=v, scales=fin.scales)
+    assert 8 * len(f.encode_pixels(tiles, plain)[0]) > 8 * len(data) + 20  # the correction is worth its 3 bits
+
+
+def test_a_final_run_of_zero_pixels_is_nearly_free_and_estimated_so():
+    """The file drops the range coder's trailing zero bytes and the decoder reads zeros back: pixels of value 0
+    at the end cost almost nothing, whatever their model; best() leaves them out of its estimate."""
+    f = progressive_finish
+    tiles, x0_hat, v = _finish_case(4, (1, 1, 16, 16), trailing_zero_rows=6)
+    x0_hat[..., -6:, :] = 0.0  # the model puts those pixels near grey: several bits each in the ideal
+    for fin in (f.best(tiles, 5, 0.9, x0_hat, v=v), f.model(f.DIRECT + 7, 5, 0.9, x0_hat)):
+        data, ideal = f.encode_pixels(tiles, fin)
+        assert ideal > 8 * len(data) + 200  # the run's ideal bits were not spent
+        assert np.array_equal(f.decode_pixels(data, fin.code, 5, 0.9, x0_hat, tiles.shape, v=v), tiles)
+    fin = f.best(tiles, 5, 0.9, x0_hat, v=v)
+    assert abs(8 * len(f.encode_pixels(tiles, fin)[0]) - fin.bits) <= f.RANGE_CODER_BITS
+
+
+def test_version_4_files_still_decode(prior):
+    """Format 5 added finish code 19; a version-4 file (codes up to 18) decodes as before, and a version-4
+    header that claims code 19 is refused."""
+    import binascii
+    import struct
+    import zlib
+
+    image = _image(9)
+    data = encode(prior, image, FAST).data
+    header = progressive_file.unpack(data)[0]
+    assert data[2] == progressive_file.VERSION == 5 and header.finish <= progressive_finish.CLASSES
+    end = len(progressive_file._header_bytes(header))
+
+    def as_version_4(blob: bytes, finish: int | None = None) -> bytes:
+        out = bytearray(blob)
+        out[2] = 4
+        if finish is not None:  # the flags varint: bit 0 default parameters, bits 2-6 the finish
+            out[5] = (out[5] & ~(31 << 2)) | (finish << 2)
+        out[end - 2 : end] = struct.pack("<H", binascii.crc_hqx(bytes(out[: end - 2]), 0xFFFF))
+        out[-4:] = struct.pack("<I", zlib.crc32(progressive_file._pixel_bytes(image), zlib.crc32(bytes(out[:-4]))))
+        return bytes(out)
+
+    assert np.array_equal(decode(prior, as_version_4(data)).image, image)
+    with pytest.raises(ValueError, match="impossible finish"):
+        decode(prior, as_version_4(data, progressive_finish.RESIDUAL))
+    with pytest.raises(ValueError, match="unsupported progressive file version 3"):
+        decode(prior, data[:2] + b"\x03" + data[3:])

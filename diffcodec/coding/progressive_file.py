@@ -2,7 +2,7 @@
 
 A 28×28 file is a few hundred bytes, so every count is an unsigned LEB128 varint. Layout::
 
-    magic b"DP" (2) · format version 4 (1) · prior digest, first 2 bytes of its SHA-256 (2)
+    magic b"DP" (2) · format version 5 (1; version 4 files are read too) · prior digest, first 2 bytes of its SHA-256 (2)
     varint flags: bit 0 = the default coder parameters (below), bit 1 = three channels (else one),
              bits 2-6 = finish (0: a lossy file; else how x_0 follows the last step, coding.progressive_finish),
              bit 7 = the network ran on CUDA (decodable only there; else CPU),
@@ -47,11 +47,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..defaults import CODING_ENGINES
-from .progressive_finish import DECODER, MAX_CODE
+from .progressive_finish import CLASSES, DECODER, MAX_CODE
 from .varint import encode_varint
 
 MAGIC = b"DP"
-VERSION = 4  # 4: counter-based candidate codes (coding.candidates); 3 seeded torch generators per block; 2 drew float32 normals
+VERSION = 5  # 5: the residual finish (code 19); 4: counter-based candidate codes (coding.candidates); 3 seeded torch
+# generators per block; 2 drew float32 normals
+MAX_FINISH = {4: CLASSES, VERSION: MAX_CODE}  # the versions this diffcodec reads and the finish codes each may hold
 DIGEST_BYTES = 2  # another prior passes with odds 2^-16; a complete file is still caught by the pixel CRC
 MAX_DIMS = 1 << 26  # pixels × channels a file may claim (the decoder holds float64 latents of this size)
 MAX_STEPS = 100_000
@@ -139,8 +141,9 @@ def unpack(blob: bytes) -> tuple[Header, bytes, bool]:
     if len(blob) <= m or blob[:m] != MAGIC:
         raise ValueError("not a diffcodec progressive file (bad magic)" if len(blob) >= m or not MAGIC.startswith(blob)
                          else "progressive file is truncated inside its header")
-    if blob[m] != VERSION:
-        raise ValueError(f"unsupported progressive file version {blob[m]} (this diffcodec reads version {VERSION})")
+    if blob[m] not in MAX_FINISH:
+        raise ValueError(f"unsupported progressive file version {blob[m]} (this diffcodec reads versions "
+                         f"{', '.join(map(str, MAX_FINISH))})")
     pos, values = m + 1 + DIGEST_BYTES, {}
     try:
         flags, pos = _readencode_varint(blob, pos)
@@ -161,6 +164,8 @@ def unpack(blob: bytes) -> tuple[Header, bytes, bool]:
         raise ValueError("progressive file is corrupted (unknown header flags)")
     header = Header(prior_digest=blob[m + 1 : m + 1 + DIGEST_BYTES].hex(), **values)
     _check_fields(header)
+    if header.finish > MAX_FINISH[blob[m]]:
+        raise ValueError("progressive file is corrupted (impossible finish in its header)")
     start = pos + 2
     if header.total_bytes < start + 4:
         raise ValueError("progressive file is corrupted (impossible length in its header)")
