@@ -480,30 +480,49 @@ def test_a_final_run_of_zero_pixels_is_nearly_free_and_estimated_so():
     assert abs(8 * len(f.encode_pixels(tiles, fin)[0]) - fin.bits) <= f.RANGE_CODER_BITS
 
 
-def test_version_4_files_still_decode(prior):
-    """Format 5 added finish code 19; a version-4 file (codes up to 18) decodes as before, and a version-4
-    header that claims code 19 is refused."""
+def test_version_4_files_still_decode(one_thread):
+    """Format 5 added finish code 19 and the turned tiles; a version-4 file (made by diffcodec 7afc92e with the
+    tiny prior beside it in tests/data) decodes as before, and a version-4 header that claims code 19 is refused."""
     import binascii
     import struct
     import zlib
+    from pathlib import Path
 
     image = _image(9)
-    data = encode(prior, image, FAST).data
+    prior = load_prior(Path(__file__).parent / "data" / "tiny_prior.safetensors")
+    data = (Path(__file__).parent / "data" / "progressive_v4_tiny.dcp").read_bytes()
     header = progressive_file.unpack(data)[0]
-    assert data[2] == progressive_file.VERSION == 5 and header.finish <= progressive_finish.CLASSES
+    assert header.version == 4 and 0 < header.finish <= progressive_finish.CLASSES
+    assert np.array_equal(decode(prior, data).image, image)
+    assert progressive_file.unpack(encode(prior, image, FAST).data)[0].version == progressive_file.VERSION == 5
     end = len(progressive_file._header_bytes(header))
-
-    def as_version_4(blob: bytes, finish: int | None = None) -> bytes:
-        out = bytearray(blob)
-        out[2] = 4
-        if finish is not None:  # the flags varint: bit 0 default parameters, bits 2-6 the finish
-            out[5] = (out[5] & ~(31 << 2)) | (finish << 2)
-        out[end - 2 : end] = struct.pack("<H", binascii.crc_hqx(bytes(out[: end - 2]), 0xFFFF))
-        out[-4:] = struct.pack("<I", zlib.crc32(progressive_file._pixel_bytes(image), zlib.crc32(bytes(out[:-4]))))
-        return bytes(out)
-
-    assert np.array_equal(decode(prior, as_version_4(data)).image, image)
+    forged = bytearray(data)
+    forged[5] = (forged[5] & ~(31 << 2)) | (progressive_finish.RESIDUAL << 2)  # the flags varint's finish bits
+    forged[end - 2 : end] = struct.pack("<H", binascii.crc_hqx(bytes(forged[: end - 2]), 0xFFFF))
+    forged[-4:] = struct.pack("<I", zlib.crc32(progressive_file._pixel_bytes(image), zlib.crc32(bytes(forged[:-4]))))
     with pytest.raises(ValueError, match="impossible finish"):
-        decode(prior, as_version_4(data, progressive_finish.RESIDUAL))
+        decode(prior, bytes(forged))
     with pytest.raises(ValueError, match="unsupported progressive file version 3"):
         decode(prior, data[:2] + b"\x03" + data[3:])
+
+
+def test_tiles_are_turned_so_the_free_run_of_zeros_is_longest():
+    """Black columns at the right of the last tile: the transposed order ends in them (orientation 2), and
+    every orientation round-trips on tiles that are not square (the decoder turns them back)."""
+    f = progressive_finish
+    tiles, x0_hat, v = _finish_case(5, (2, 3, 6, 10))
+    tiles[-1, -1, :, -3:] = 0
+    tiles[-1, -1, -1, :-3] = 200  # the bottom row is not black: as they are, the run is 3 pixels
+    x0_hat[-1, -1, :, -3:] = 0.0
+    assert f._longest_free_run(tiles) == 2
+    fin = f.best(tiles, 5, 0.9, x0_hat, v=v)
+    assert fin.orient == 2
+    data, _ = f.encode_pixels(tiles, fin)
+    assert np.array_equal(f.decode_pixels(data, fin.code, 5, 0.9, x0_hat, tiles.shape, v=v), tiles)
+    for o in range(f.ORIENTATIONS):
+        assert np.array_equal(f.unorient(f.orient(tiles, o), o), tiles)
+        assert torch.equal(f.unorient(f.orient(x0_hat, o), o), x0_hat)
+        turned = f.model(f.DIRECT + 5, 5, 0.9, f.orient(x0_hat, o))
+        turned.orient = o
+        data, _ = f.encode_pixels(tiles, turned)
+        assert np.array_equal(f.decode_pixels(data, turned.code, 5, 0.9, x0_hat, tiles.shape), tiles)

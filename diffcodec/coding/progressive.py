@@ -424,7 +424,8 @@ def decode(prior: Prior, data: bytes, steps: int | None = None, keep_intermediat
         if header.finish and complete and done == header.stop and (steps is None or steps >= K):
             pixels = finishing.decode_pixels(body[-(-reader.end_bits() // 8):], header.finish, k,
                                              float(schedule.alphas_cumprod[k - 1]), x0_hat, tiles_shape,
-                                             chain.reverse(x, eps, v, 1, 1) if k == 1 else None, v)
+                                             chain.reverse(x, eps, v, 1, 1) if k == 1 else None, v,
+                                             oriented=header.version >= 5)
             image, done, lossless = from_tiles(pixels, 1, header.height, header.width)[0], K, True
             if keep_intermediates:
                 intermediates.append((K, image))

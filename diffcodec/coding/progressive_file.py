@@ -51,7 +51,7 @@ from .progressive_finish import CLASSES, DECODER, MAX_CODE
 from .varint import encode_varint
 
 MAGIC = b"DP"
-VERSION = 5  # 5: the residual finish (code 19); 4: counter-based candidate codes (coding.candidates); 3 seeded torch
+VERSION = 5  # 5: the residual finish (code 19), tiles turned before the exact end; 4: counter-based candidate codes (coding.candidates); 3 seeded torch
 # generators per block; 2 drew float32 normals
 MAX_FINISH = {4: CLASSES, VERSION: MAX_CODE}  # the versions this diffcodec reads and the finish codes each may hold
 DIGEST_BYTES = 2  # another prior passes with odds 2^-16; a complete file is still caught by the pixel CRC
@@ -79,6 +79,7 @@ class Header:
     cuda: bool = False  # candidates and network on a CUDA device (their numbers differ from the CPU's)
     finish: int = 0  # how x_0 follows step ``stop`` (coding.progressive_finish); 0: a lossy file
     engine: int = 0  # the network's engine: an index into defaults.CODING_ENGINES
+    version: int = VERSION  # the format the file was written in (MAX_FINISH: the ones this diffcodec reads)
 
     def __post_init__(self):
         object.__setattr__(self, "prior_digest", self.prior_digest[: 2 * DIGEST_BYTES])
@@ -94,7 +95,7 @@ def replace(header: Header, **changes) -> Header:
 def _header_bytes(h: Header) -> bytes:
     params = tuple(getattr(h, f) for f in _PARAMS)
     flags = (params == DEFAULT_PARAMS) | (2 if h.channels == 3 else 0) | (h.finish << 2) | (128 if h.cuda else 0) | (h.engine << 8)
-    out = MAGIC + bytes([VERSION]) + bytes.fromhex(h.prior_digest)[:DIGEST_BYTES] + encode_varint(flags)
+    out = MAGIC + bytes([h.version]) + bytes.fromhex(h.prior_digest)[:DIGEST_BYTES] + encode_varint(flags)
     if not flags & 1:
         out += b"".join(encode_varint(v) for v in params)
     out += b"".join(encode_varint(getattr(h, f)) for f in _SHAPE)
@@ -162,9 +163,9 @@ def unpack(blob: bytes) -> tuple[Header, bytes, bool]:
         raise ValueError("progressive file is corrupted (header checksum mismatch)")
     if flags >> 10:
         raise ValueError("progressive file is corrupted (unknown header flags)")
-    header = Header(prior_digest=blob[m + 1 : m + 1 + DIGEST_BYTES].hex(), **values)
+    header = Header(prior_digest=blob[m + 1 : m + 1 + DIGEST_BYTES].hex(), version=blob[m], **values)
     _check_fields(header)
-    if header.finish > MAX_FINISH[blob[m]]:
+    if header.finish > MAX_FINISH[header.version]:
         raise ValueError("progressive file is corrupted (impossible finish in its header)")
     start = pos + 2
     if header.total_bytes < start + 4:

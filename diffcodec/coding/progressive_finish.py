@@ -29,7 +29,11 @@ The pixels are range-coded in tile, channel, row, column order and the file drop
 trailing zero bytes, which the decoder reads back as zeros: a final run of pixels of value 0 (the
 first symbol of every model) then costs almost nothing, whatever the model said it would (the
 dark rows at the bottom of many Fashion-MNIST images: up to 26 bytes on the first 40 test images). :func:`best` therefore
-counts only the bits before that run when it compares finishes and states.
+counts only the bits before that run when it compares finishes and states, and (format 5) first
+turns every tile so that the run is longest: as it is, rotated by 180°, transposed, or transposed
+and rotated (ORIENTATIONS, 2 bits ahead of everything else; the first 100 test images end in 63
+black pixels on average as they are, in 162 turned the best of the four ways). Every model then
+works on the turned tiles (the residual's pixel "above" is the one before it in the turned order).
 
 Means and log-scales are snapped to 2^-20 (coding.bitsback.decoder_probs), so both sides build
 bit-identical masses from the bit-identical network output they share. The pixels go through
@@ -72,6 +76,9 @@ MIN_ALPHA_BAR = 1e-6  # no direct finish from states this noisy (x̂_0 says noth
 RANGE_CODER_BITS = 32  # what the range coder adds to the ideal bits at most (its final word)
 CLASS_SIDE_BITS = NUM_CLASSES * 4  # the class scales, uniform over SCALES
 RESIDUAL_SIDE_BITS = CLASS_SIDE_BITS + 3  # and the weight, uniform over WEIGHT_LEVELS
+ORIENTATIONS = 4  # tiles as they are, rotated by 180°, transposed, transposed and rotated (format 5)
+ORIENT_BITS = 2
+_ORIENT_INDEX = constriction.stream.model.Uniform(ORIENTATIONS)
 _SCALE_INDEX = constriction.stream.model.Uniform(len(SCALES))
 _WEIGHT_INDEX = constriction.stream.model.Uniform(WEIGHT_LEVELS)
 _CATEGORICAL = constriction.stream.model.Categorical(perfect=False)
@@ -87,6 +94,7 @@ class Finish:
     bits: float = math.inf  # the pixels' ideal bits, plus the side information's (CLASSES, RESIDUAL)
     scales: tuple[int, ...] = ()  # CLASSES, RESIDUAL: the index into SCALES of each class
     weights: tuple[int, ...] = ()  # RESIDUAL: (a,) in eighths; ``mean`` is then x̂_0 before the correction
+    orient: int = 0  # how the tiles are turned before coding (mean and logvar are of the turned tiles)
 
 
 def classes(v: torch.Tensor) -> torch.Tensor:
@@ -131,8 +139,44 @@ def model(code: int, k: int, alpha_bar: float, x0_hat: torch.Tensor, decoder=Non
     return Finish(code, mean, logvar, scales=tuple(scales), weights=tuple(weights) if code == RESIDUAL else ())
 
 
+def orient(a, o: int):
+    """Tiles [..., h, w] (numpy or torch) turned by orientation ``o``: 0 as they are, 1 rotated by 180°,
+    2 transposed, 3 transposed and rotated."""
+    if o not in range(ORIENTATIONS):
+        raise ValueError(f"unknown orientation {o}")
+    torch_like = isinstance(a, torch.Tensor)
+    if o >= 2:
+        a = a.transpose(-1, -2) if torch_like else np.swapaxes(a, -1, -2)
+    if o % 2:
+        a = a.flip((-2, -1)) if torch_like else np.flip(a, (-2, -1))
+    return a.contiguous() if torch_like else np.ascontiguousarray(a)
+
+
+def unorient(a, o: int):
+    """The inverse of :func:`orient`."""
+    a = orient(a, 1) if o % 2 else a
+    return orient(a, 2) if o >= 2 else a
+
+
+def _longest_free_run(tiles: np.ndarray) -> int:
+    """The orientation whose coding order ends in the longest run of zero pixels (the first such)."""
+    runs = [int((~_before_trailing_zeros(orient(tiles, o))).sum()) for o in range(ORIENTATIONS)]
+    return int(np.argmax(runs))
+
+
 def best(tiles: np.ndarray, k: int, alpha_bar: float, x0_hat: torch.Tensor, decoder=None, v=None) -> Finish | None:
-    """The cheapest finish from x_k for these tiles [B, C, t, t] uint8 (ideal bits, exact masses); None if none applies."""
+    """The cheapest finish from x_k for these tiles [B, C, t, u] uint8 (ideal bits before the final run of
+    zeros, exact masses), coded in the orientation that makes that run longest; None if none applies."""
+    o = _longest_free_run(tiles)
+    turn = lambda a: None if a is None else orient(a.reshape(tiles.shape), o)  # noqa: E731
+    fin = _best_oriented(orient(tiles, o), k, alpha_bar, turn(x0_hat),
+                         None if decoder is None else tuple(turn(d) for d in decoder), turn(v))
+    if fin is not None:
+        fin.orient, fin.bits = o, fin.bits + ORIENT_BITS
+    return fin
+
+
+def _best_oriented(tiles: np.ndarray, k: int, alpha_bar: float, x0_hat: torch.Tensor, decoder=None, v=None) -> Finish | None:
     x0 = pixels_to_model(torch.from_numpy(tiles), torch.float64).reshape(1, -1)  # [1, B·D]
     fins = [model(DECODER, k, alpha_bar, x0_hat, decoder)] if decoder is not None and k == 1 else []
     direct = alpha_bar >= MIN_ALPHA_BAR
@@ -205,9 +249,12 @@ def _pixel_bits(x0: torch.Tensor, fins: list[Finish]) -> torch.Tensor:
 
 
 def encode_pixels(tiles: np.ndarray, fin: Finish) -> tuple[bytes, float]:
-    """x_0 of every tile [B, C, t, t] uint8 under ``fin`` (its class scales first) → (bytes without trailing zeros, ideal bits)."""
+    """x_0 of every tile [B, C, t, u] uint8 under ``fin``, turned by its orientation (which goes first, then
+    its class scales and weight) → (bytes without trailing zeros, ideal bits)."""
+    tiles = orient(tiles, fin.orient)
     symbols = tiles.reshape(-1).astype(np.int32)
     enc = constriction.stream.queue.RangeEncoder()
+    enc.encode(np.array([fin.orient], dtype=np.int32), _ORIENT_INDEX)
     if fin.code in (CLASSES, RESIDUAL):
         enc.encode(np.array(fin.scales, dtype=np.int32), _SCALE_INDEX)
     if fin.code == RESIDUAL:
@@ -219,32 +266,42 @@ def encode_pixels(tiles: np.ndarray, fin: Finish) -> tuple[bytes, float]:
             probs = decoder_probs(_corrected(x0_hat, r, tiles.shape, idx, fin.weights[0]), logvar[idx])
             enc.encode(symbols[idx], _CATEGORICAL, probs)
             bits -= float(np.log2(probs[np.arange(len(idx)), symbols[idx]] / probs.sum(axis=1)).sum())
-        return enc.get_compressed().astype("<u4").tobytes().rstrip(b"\0"), bits + RESIDUAL_SIDE_BITS
+        return enc.get_compressed().astype("<u4").tobytes().rstrip(b"\0"), bits + RESIDUAL_SIDE_BITS + ORIENT_BITS
     probs = decoder_probs(fin.mean.numpy().reshape(-1), fin.logvar.numpy().reshape(-1))
     enc.encode(symbols, _CATEGORICAL, probs)
     p = probs[np.arange(len(symbols)), symbols] / probs.sum(axis=1)
-    side = CLASS_SIDE_BITS if fin.code == CLASSES else 0
+    side = (CLASS_SIDE_BITS if fin.code == CLASSES else 0) + ORIENT_BITS
     return enc.get_compressed().astype("<u4").tobytes().rstrip(b"\0"), float(-np.log2(p).sum()) + side
 
 
 def decode_pixels(data: bytes, code: int, k: int, alpha_bar: float, x0_hat: torch.Tensor, shape, decoder=None,
-                  v=None) -> np.ndarray:
-    """The pixels [B, C, t, t] uint8 that :func:`encode_pixels` wrote with finish ``code`` from state x_k."""
+                  v=None, oriented: bool = True) -> np.ndarray:
+    """The pixels [B, C, t, u] uint8 that :func:`encode_pixels` wrote with finish ``code`` from state x_k
+    (``oriented``: the stream starts with the orientation, format 5; a format-4 stream does not)."""
     words = np.frombuffer(data + b"\0" * (-len(data) % 4), dtype="<u4").astype(np.uint32)
     try:  # constriction asserts on a stream no encoder could have written (a corrupted file)
         dec = constriction.stream.queue.RangeDecoder(words if len(words) else np.zeros(1, np.uint32))
-        scales = tuple(int(i) for i in dec.decode(_SCALE_INDEX, NUM_CLASSES)) if code in (CLASSES, RESIDUAL) else ()
-        weights = tuple(int(i) for i in dec.decode(_WEIGHT_INDEX, 1)) if code == RESIDUAL else ()
-        fin = model(code, k, alpha_bar, x0_hat, decoder, v, scales, weights)
-        if code != RESIDUAL:
-            probs = decoder_probs(fin.mean.numpy().reshape(-1), fin.logvar.numpy().reshape(-1))
-            return dec.decode(_CATEGORICAL, probs).astype(np.uint8).reshape(shape)
-        x0_hat, logvar = fin.mean.numpy().reshape(-1), fin.logvar.numpy().reshape(-1)
-        out, r = np.zeros(x0_hat.size, np.int32), np.zeros(x0_hat.size)
-        for idx in _rows(shape):
-            probs = decoder_probs(_corrected(x0_hat, r, shape, idx, weights[0]), logvar[idx])
-            out[idx] = dec.decode(_CATEGORICAL, probs)
-            r[idx] = pixels_to_model(torch.from_numpy(out[idx]), torch.float64).numpy() - x0_hat[idx]
-        return out.astype(np.uint8).reshape(shape)
+        o = int(dec.decode(_ORIENT_INDEX)) if oriented else 0
+        turn = lambda a: None if a is None else orient(a.reshape(shape), o)  # noqa: E731
+        x0_hat, v = turn(x0_hat), turn(v)
+        decoder = None if decoder is None else tuple(turn(d) for d in decoder)
+        turned = tuple(orient(np.empty(shape, np.uint8), o).shape)
+        return unorient(_decode_oriented(dec, code, k, alpha_bar, x0_hat, turned, decoder, v), o)
     except (AssertionError, RuntimeError) as err:
         raise ValueError(f"decoding desynchronized (the exact pixels' stream is invalid: a corrupted file; {err}); nothing written") from None
+
+
+def _decode_oriented(dec, code: int, k: int, alpha_bar: float, x0_hat: torch.Tensor, shape, decoder, v) -> np.ndarray:
+    scales = tuple(int(i) for i in dec.decode(_SCALE_INDEX, NUM_CLASSES)) if code in (CLASSES, RESIDUAL) else ()
+    weights = tuple(int(i) for i in dec.decode(_WEIGHT_INDEX, 1)) if code == RESIDUAL else ()
+    fin = model(code, k, alpha_bar, x0_hat, decoder, v, scales, weights)
+    if code != RESIDUAL:
+        probs = decoder_probs(fin.mean.numpy().reshape(-1), fin.logvar.numpy().reshape(-1))
+        return dec.decode(_CATEGORICAL, probs).astype(np.uint8).reshape(shape)
+    x0_hat, logvar = fin.mean.numpy().reshape(-1), fin.logvar.numpy().reshape(-1)
+    out, r = np.zeros(x0_hat.size, np.int32), np.zeros(x0_hat.size)
+    for idx in _rows(shape):
+        probs = decoder_probs(_corrected(x0_hat, r, shape, idx, weights[0]), logvar[idx])
+        out[idx] = dec.decode(_CATEGORICAL, probs)
+        r[idx] = pixels_to_model(torch.from_numpy(out[idx]), torch.float64).numpy() - x0_hat[idx]
+    return out.astype(np.uint8).reshape(shape)
