@@ -51,8 +51,9 @@ from .progressive_finish import CLASSES, DECODER, MAX_CODE
 from .varint import encode_varint
 
 MAGIC = b"DP"
-VERSION = 5  # 5: the residual finish (code 19), tiles turned before the exact end; 4: counter-based candidate codes (coding.candidates); 3 seeded torch
-# generators per block; 2 drew float32 normals
+# 5: the residual finish (code 19), tiles turned before the exact end; 4: counter-based candidate codes
+# (coding.candidates); 3 seeded torch generators per block; 2 drew float32 normals
+VERSION = 5
 MAX_FINISH = {4: CLASSES, VERSION: MAX_CODE}  # the versions this diffcodec reads and the finish codes each may hold
 DIGEST_BYTES = 2  # another prior passes with odds 2^-16; a complete file is still caught by the pixel CRC
 MAX_DIMS = 1 << 26  # pixels × channels a file may claim (the decoder holds float64 latents of this size)
@@ -165,8 +166,6 @@ def unpack(blob: bytes) -> tuple[Header, bytes, bool]:
         raise ValueError("progressive file is corrupted (unknown header flags)")
     header = Header(prior_digest=blob[m + 1 : m + 1 + DIGEST_BYTES].hex(), version=blob[m], **values)
     _check_fields(header)
-    if header.finish > MAX_FINISH[header.version]:
-        raise ValueError("progressive file is corrupted (impossible finish in its header)")
     start = pos + 2
     if header.total_bytes < start + 4:
         raise ValueError("progressive file is corrupted (impossible length in its header)")
@@ -199,7 +198,7 @@ def _check_fields(h: Header) -> None:
         (h.channels in (1, 3), "channels"),
         (1 <= h.height < 65536 and 1 <= h.width < 65536, "image size"),
         (h.stop < h.steps, "stop step"),
-        (h.finish <= MAX_CODE and (h.finish != DECODER or h.stop == h.steps - 1), "finish"),
+        (h.finish <= MAX_FINISH[h.version] and (h.finish != DECODER or h.stop == h.steps - 1), "finish"),
         (h.engine < len(CODING_ENGINES), "engine"),
         (h.channels * h.height * h.width <= MAX_DIMS, "image size"),
     ]

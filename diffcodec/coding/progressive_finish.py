@@ -76,6 +76,7 @@ MIN_ALPHA_BAR = 1e-6  # no direct finish from states this noisy (x̂_0 says noth
 RANGE_CODER_BITS = 32  # what the range coder adds to the ideal bits at most (its final word)
 CLASS_SIDE_BITS = NUM_CLASSES * 4  # the class scales, uniform over SCALES
 RESIDUAL_SIDE_BITS = CLASS_SIDE_BITS + 3  # and the weight, uniform over WEIGHT_LEVELS
+_SIDE_BITS = {CLASSES: CLASS_SIDE_BITS, RESIDUAL: RESIDUAL_SIDE_BITS}  # side information ahead of the pixels, by code
 ORIENTATIONS = 4  # tiles as they are, rotated by 180°, transposed, transposed and rotated (format 5)
 ORIENT_BITS = 2
 _ORIENT_INDEX = constriction.stream.model.Uniform(ORIENTATIONS)
@@ -158,6 +159,11 @@ def unorient(a, o: int):
     return orient(a, 2) if o >= 2 else a
 
 
+def _turn(a, shape, o: int):
+    """``a`` (None, or any layout of tiles ``shape``) as turned tiles."""
+    return None if a is None else orient(a.reshape(shape), o)
+
+
 def _longest_free_run(tiles: np.ndarray) -> int:
     """The orientation whose coding order ends in the longest run of zero pixels (the first such)."""
     runs = [int((~_before_trailing_zeros(orient(tiles, o))).sum()) for o in range(ORIENTATIONS)]
@@ -168,9 +174,9 @@ def best(tiles: np.ndarray, k: int, alpha_bar: float, x0_hat: torch.Tensor, deco
     """The cheapest finish from x_k for these tiles [B, C, t, u] uint8 (ideal bits before the final run of
     zeros, exact masses), coded in the orientation that makes that run longest; None if none applies."""
     o = _longest_free_run(tiles)
-    turn = lambda a: None if a is None else orient(a.reshape(tiles.shape), o)  # noqa: E731
-    fin = _best_oriented(orient(tiles, o), k, alpha_bar, turn(x0_hat),
-                         None if decoder is None else tuple(turn(d) for d in decoder), turn(v))
+    fin = _best_oriented(orient(tiles, o), k, alpha_bar, _turn(x0_hat, tiles.shape, o),
+                         None if decoder is None else tuple(_turn(d, tiles.shape, o) for d in decoder),
+                         _turn(v, tiles.shape, o))
     if fin is not None:
         fin.orient, fin.bits = o, fin.bits + ORIENT_BITS
     return fin
@@ -214,7 +220,7 @@ def _class_finish(code: int, k: int, alpha_bar: float, x0_hat, v, cls: torch.Ten
     per_class = torch.stack([scale_bits[:, cls == c].sum(1) for c in range(NUM_CLASSES)])  # [classes, scales]
     scales = tuple(int(i) for i in torch.argmin(per_class, dim=1))
     fin = model(code, k, alpha_bar, x0_hat, v=v, scales=scales, weights=weights)
-    fin.bits = float(per_class.min(1).values.sum()) + (RESIDUAL_SIDE_BITS if code == RESIDUAL else CLASS_SIDE_BITS)
+    fin.bits = float(per_class.min(1).values.sum()) + _SIDE_BITS[code]
     return fin
 
 
@@ -235,10 +241,17 @@ def _corrected(x0_hat: np.ndarray, r: np.ndarray, shape, idx: np.ndarray, weight
     return x0_hat[idx] + (weight / WEIGHT_LEVELS) * up
 
 
-def _rows(shape) -> list[np.ndarray]:
-    """Flat positions of tiles ``shape`` [B, C, t, u], one row of u at a time, in coding order."""
-    u = shape[-1]
-    return [np.arange(start, start + u) for start in range(0, int(np.prod(shape)), u)]
+def _batches(code: int, shape) -> list[np.ndarray]:
+    """Flat positions of tiles ``shape`` [B, C, t, u] in coding order, in the batches both sides compute
+    masses for: one row of u at a time for RESIDUAL (each row's means follow from the row before), else all."""
+    n, u = int(np.prod(shape)), shape[-1]
+    return [np.arange(start, start + u) for start in range(0, n, u)] if code == RESIDUAL else [np.arange(n)]
+
+
+def _means(fin: Finish, r: np.ndarray, shape, idx: np.ndarray) -> np.ndarray:
+    """The means of ``fin`` at the flat positions ``idx`` of tiles ``shape``; r: residuals known before idx."""
+    x0_hat = fin.mean.numpy().reshape(-1)
+    return _corrected(x0_hat, r, shape, idx, fin.weights[0]) if fin.code == RESIDUAL else x0_hat[idx]
 
 
 def _pixel_bits(x0: torch.Tensor, fins: list[Finish]) -> torch.Tensor:
@@ -259,19 +272,14 @@ def encode_pixels(tiles: np.ndarray, fin: Finish) -> tuple[bytes, float]:
         enc.encode(np.array(fin.scales, dtype=np.int32), _SCALE_INDEX)
     if fin.code == RESIDUAL:
         enc.encode(np.array(fin.weights, dtype=np.int32), _WEIGHT_INDEX)
-        x0_hat, logvar = fin.mean.numpy().reshape(-1), fin.logvar.numpy().reshape(-1)
-        r = pixels_to_model(torch.from_numpy(symbols), torch.float64).numpy() - x0_hat
-        bits = 0.0
-        for idx in _rows(tiles.shape):
-            probs = decoder_probs(_corrected(x0_hat, r, tiles.shape, idx, fin.weights[0]), logvar[idx])
-            enc.encode(symbols[idx], _CATEGORICAL, probs)
-            bits -= float(np.log2(probs[np.arange(len(idx)), symbols[idx]] / probs.sum(axis=1)).sum())
-        return enc.get_compressed().astype("<u4").tobytes().rstrip(b"\0"), bits + RESIDUAL_SIDE_BITS + ORIENT_BITS
-    probs = decoder_probs(fin.mean.numpy().reshape(-1), fin.logvar.numpy().reshape(-1))
-    enc.encode(symbols, _CATEGORICAL, probs)
-    p = probs[np.arange(len(symbols)), symbols] / probs.sum(axis=1)
-    side = (CLASS_SIDE_BITS if fin.code == CLASSES else 0) + ORIENT_BITS
-    return enc.get_compressed().astype("<u4").tobytes().rstrip(b"\0"), float(-np.log2(p).sum()) + side
+    logvar = fin.logvar.numpy().reshape(-1)
+    r = pixels_to_model(torch.from_numpy(symbols), torch.float64).numpy() - fin.mean.numpy().reshape(-1)
+    bits = float(ORIENT_BITS + _SIDE_BITS.get(fin.code, 0))
+    for idx in _batches(fin.code, tiles.shape):
+        probs = decoder_probs(_means(fin, r, tiles.shape, idx), logvar[idx])
+        enc.encode(symbols[idx], _CATEGORICAL, probs)
+        bits -= float(np.log2(probs[np.arange(len(idx)), symbols[idx]] / probs.sum(axis=1)).sum())
+    return enc.get_compressed().astype("<u4").tobytes().rstrip(b"\0"), bits
 
 
 def decode_pixels(data: bytes, code: int, k: int, alpha_bar: float, x0_hat: torch.Tensor, shape, decoder=None,
@@ -282,11 +290,10 @@ def decode_pixels(data: bytes, code: int, k: int, alpha_bar: float, x0_hat: torc
     try:  # constriction asserts on a stream no encoder could have written (a corrupted file)
         dec = constriction.stream.queue.RangeDecoder(words if len(words) else np.zeros(1, np.uint32))
         o = int(dec.decode(_ORIENT_INDEX)) if oriented else 0
-        turn = lambda a: None if a is None else orient(a.reshape(shape), o)  # noqa: E731
-        x0_hat, v = turn(x0_hat), turn(v)
-        decoder = None if decoder is None else tuple(turn(d) for d in decoder)
-        turned = tuple(orient(np.empty(shape, np.uint8), o).shape)
-        return unorient(_decode_oriented(dec, code, k, alpha_bar, x0_hat, turned, decoder, v), o)
+        turned = (*shape[:-2], *(shape[-1:-3:-1] if o >= 2 else shape[-2:]))
+        decoder = None if decoder is None else tuple(_turn(d, shape, o) for d in decoder)
+        pixels = _decode_oriented(dec, code, k, alpha_bar, _turn(x0_hat, shape, o), turned, decoder, _turn(v, shape, o))
+        return unorient(pixels, o)
     except (AssertionError, RuntimeError) as err:
         raise ValueError(f"decoding desynchronized (the exact pixels' stream is invalid: a corrupted file; {err}); nothing written") from None
 
@@ -295,13 +302,9 @@ def _decode_oriented(dec, code: int, k: int, alpha_bar: float, x0_hat: torch.Ten
     scales = tuple(int(i) for i in dec.decode(_SCALE_INDEX, NUM_CLASSES)) if code in (CLASSES, RESIDUAL) else ()
     weights = tuple(int(i) for i in dec.decode(_WEIGHT_INDEX, 1)) if code == RESIDUAL else ()
     fin = model(code, k, alpha_bar, x0_hat, decoder, v, scales, weights)
-    if code != RESIDUAL:
-        probs = decoder_probs(fin.mean.numpy().reshape(-1), fin.logvar.numpy().reshape(-1))
-        return dec.decode(_CATEGORICAL, probs).astype(np.uint8).reshape(shape)
     x0_hat, logvar = fin.mean.numpy().reshape(-1), fin.logvar.numpy().reshape(-1)
     out, r = np.zeros(x0_hat.size, np.int32), np.zeros(x0_hat.size)
-    for idx in _rows(shape):
-        probs = decoder_probs(_corrected(x0_hat, r, shape, idx, weights[0]), logvar[idx])
-        out[idx] = dec.decode(_CATEGORICAL, probs)
+    for idx in _batches(code, shape):
+        out[idx] = dec.decode(_CATEGORICAL, decoder_probs(_means(fin, r, shape, idx), logvar[idx]))
         r[idx] = pixels_to_model(torch.from_numpy(out[idx]), torch.float64).numpy() - x0_hat[idx]
     return out.astype(np.uint8).reshape(shape)
