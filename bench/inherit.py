@@ -18,7 +18,7 @@ speed-up over the network's own at the batch the command runs at (64 for nll and
 hold 32–64 inputs; 1 for encode). Issue #12's target: a share of at least 0.8. Writes ``inherit.json``
 and ``inherit.png`` in ``--out``.
 
-    python -m bench.inherit                     # about 25 minutes here
+    python -m bench.inherit                     # about 33 minutes here
     python -m bench.inherit --compress-num 32 --nll-num 4 --encode-num 2 --rounds 1 --out /tmp/x  # a smoke run
 """
 
