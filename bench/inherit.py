@@ -71,7 +71,8 @@ def run(args) -> dict:
     schedule = prior.schedule(CODEC_STEPS, CODEC_SPACING)
     inputs = {b: pair_inputs(prior, images, schedule, b) for b in BATCHES}
     nets = {e: build(e, prior, *inputs[1]) for e in ENGINES}
-    rows: dict[str, dict[str, list]] = {c: {e: [] for e in ENGINES} for c in ("network_1", "network_64", "nll", "compress", "encode")}
+    commands = (*(f"network_{b}" for b in BATCHES), "nll", "compress", "encode")
+    rows: dict[str, dict[str, list]] = {c: {e: [] for e in ENGINES} for c in commands}
     blobs, files = {}, {}
     with pinned_threads(1), torch.inference_mode():
         for e in ENGINES:  # warm: ONNX export / session, bf16 kernels
@@ -86,8 +87,9 @@ def run(args) -> dict:
                     for b in BATCHES:
                         rate = throughput(nets[e], *inputs[b], NETWORK_SECONDS)
                         rows[f"network_{b}"][e].append({"image_steps_per_s": rate, "load1": _load()})
-                log(f"round {r + 1} {e}: network {rows['network_1'][e][-1]['image_steps_per_s']:.0f} / "
-                    f"{rows['network_64'][e][-1]['image_steps_per_s']:.0f} image-steps/s at batch 1 / 64")
+                log(f"round {r + 1} {e}: network " + " / ".join(f"{rows[f'network_{b}'][e][-1]['image_steps_per_s']:.0f}"
+                                                             for b in BATCHES)
+                    + f" image-steps/s at batch {' / '.join(map(str, BATCHES))}")
             for e in _order(r):
                 res = evaluate_nll(prior, images[: args.nll_num], schedule, workers=1, engine=e)
                 rows["nll"][e].append({"seconds": res.seconds, "bits_per_dim": res.total_bpd, "load1": _load()})
